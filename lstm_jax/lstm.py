@@ -43,15 +43,16 @@ def init_params(key: jax.Array, vocab_size: int, num_hiddens: int) -> Params:
 def lstm_step(params: Params, carry: LSTMState, x_t: jax.Array) -> tuple[LSTMState, jax.Array]:
     """One time step for a batch of token ids ``x_t`` (B,).
 
-    d2l multiplies a one-hot input by ``W_x*``; ``W_x*[x_t]`` picks the same
-    row without the (B, V) x (V, H) product: same math, far fewer FLOPs.
+    d2l multiplies a one-hot input by ``W_x*``; taking row ``x_t`` of ``W_x*``
+    gives the same result without the (B, V) x (V, H) product: same math, far
+    fewer FLOPs.
     """
     p = params
     h, c = carry
-    I = jax.nn.sigmoid(p["W_xi"][x_t] + h @ p["W_hi"] + p["b_i"])
-    F = jax.nn.sigmoid(p["W_xf"][x_t] + h @ p["W_hf"] + p["b_f"])
-    O = jax.nn.sigmoid(p["W_xo"][x_t] + h @ p["W_ho"] + p["b_o"])
-    C_tilde = jnp.tanh(p["W_xc"][x_t] + h @ p["W_hc"] + p["b_c"])
+    I = jax.nn.sigmoid(jnp.take(p["W_xi"], x_t, axis=0) + h @ p["W_hi"] + p["b_i"])
+    F = jax.nn.sigmoid(jnp.take(p["W_xf"], x_t, axis=0) + h @ p["W_hf"] + p["b_f"])
+    O = jax.nn.sigmoid(jnp.take(p["W_xo"], x_t, axis=0) + h @ p["W_ho"] + p["b_o"])
+    C_tilde = jnp.tanh(jnp.take(p["W_xc"], x_t, axis=0) + h @ p["W_hc"] + p["b_c"])
     c = F * c + I * C_tilde
     h = O * jnp.tanh(c)
     return LSTMState(h, c), h

@@ -108,6 +108,12 @@ def eval_loss(model: LanguageModel, params, X_BxT, Y_BxT):
     return loss_fn(model, params, model.initial_state(X_BxT.shape[0]), X_BxT, Y_BxT)[0]
 
 
+def perplexity(mean_loss) -> float:
+    """exp(mean cross-entropy); a finite but huge loss gives inf, not OverflowError."""
+    mean_loss = float(mean_loss)
+    return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
 def heldout_streams(ids: np.ndarray, batch_size: int) -> data.Batches:
     """The held-out tokens as ``batch_size`` parallel streams, (B, L) inputs and targets."""
     width = (len(ids) - 1) // batch_size
@@ -252,11 +258,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 f"the training loss became {bad} in epoch {epoch + 1} (learning_rate="
                 f"{c.learning_rate}, grad_clip={c.grad_clip}); training stopped. "
                 f"Metrics up to epoch {epoch} are in {metrics_path}; try a smaller learning rate")
-        record = {"epoch": epoch + 1, "train_ppl": float(math.exp(m["loss"].mean())),
+        record = {"epoch": epoch + 1, "train_ppl": perplexity(m["loss"].mean()),
                   "tokens_per_sec": tokens_per_epoch / seconds, "epoch_time_s": seconds,
                   "grad_norm": float(m["grad_norm"].mean()), "step": int(ts.step)}
         if heldout is not None:
-            record["val_ppl"] = float(math.exp(evaluate(ts.params, heldout.X, heldout.Y)))
+            record["val_ppl"] = perplexity(evaluate(ts.params, heldout.X, heldout.Y))
         writer.write(record)
         records.append(record)
         if bar is not None:
