@@ -42,11 +42,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.prefixes = ("time traveller", "traveller")
     c.num_preds = 50  # characters (tokens) each continuation adds
     c.batches_per_call = 64  # minibatches per compiled call: bounds Ctrl-C latency on big corpora
+
+    c.checkpoint_every = 10  # epochs between checkpoints (also saved at the end and on Ctrl-C)
+    c.max_to_keep = 3  # checkpoints kept (the newest)
+    c.overwrite = False  # True: discard the workdir's checkpoints and start over
     return c
 
 
 _POSITIVE = ("num_hiddens", "batch_size", "num_steps", "num_epochs", "log_every",
-             "num_preds", "batches_per_call")
+             "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -1,71 +1,101 @@
-"""Continuing a prompt: d2l's ``predict_ch8`` as one compiled ``lax.scan``.
+"""Continue text with a trained model, from its checkpoint alone.
 
-Greedy (argmax) by default, exactly as d2l; a positive temperature samples,
-optionally from the ``top_k`` most likely tokens only.
+  python -m lstm_jax.predict --workdir runs/scratch --prefix "time traveller" --num_chars 50
+  python -m lstm_jax.predict --workdir runs/concise --prefix "the" --prefix "time" \\
+      --temperature 0.8 --top_k 5 --seed 1
+
+Loads the latest checkpoint of --workdir (or --step N). The checkpoint holds
+the config and vocabulary that trained it, so neither the corpus nor the
+config file is needed. Greedy (argmax, d2l's predict_ch8) unless
+--temperature > 0, which samples (from the --top_k most likely tokens if set).
 """
 
 from __future__ import annotations
 
-import functools
+import os
+import sys
 import warnings
 
-import jax
-import jax.numpy as jnp
+import ml_collections
 
+from lstm_jax import checkpoint, generate
 from lstm_jax.data import Vocab
 from lstm_jax.errors import UserError
-from lstm_jax.models import LanguageModel
+from lstm_jax.models import LanguageModel, make_model
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_preds", "temperature", "top_k"))
-def generate(model: LanguageModel, params, prefix_ids: jax.Array, key: jax.Array, *,
-             num_preds: int, temperature: float = 0.0, top_k: int = 0) -> jax.Array:
-    """Token ids that follow ``prefix_ids`` (P,), shape (num_preds,).
+def load_checkpoint(workdir: str, step: int | None = None
+                    ) -> tuple[LanguageModel, object, Vocab, ml_collections.ConfigDict, int]:
+    """(model, params, vocab, config, step) of a checkpoint in ``workdir``."""
+    from lstm_jax import train  # the train state's layout lives there
 
-    Warm up on all prefix tokens but the last, then feed back each prediction,
-    as d2l's ``predict_ch8``. No Python runs per generated token.
-    """
-    state = model.initial_state(1)
-    if prefix_ids.shape[0] > 1:  # a static shape, so this is a trace-time branch
-        _, state = model.apply(params, state, prefix_ids[None, :-1])
-
-    def step(carry, key_t):
-        state, token = carry
-        logits, state = model.apply(params, state, token.reshape(1, 1))
-        logits = logits[0, -1]
-        if temperature <= 0:
-            nxt = jnp.argmax(logits)
-        else:
-            logits = logits / temperature
-            if top_k > 0:
-                kth = jax.lax.top_k(logits, top_k)[0][-1]
-                logits = jnp.where(logits < kth, -jnp.inf, logits)
-            nxt = jax.random.categorical(key_t, logits)
-        nxt = nxt.astype(prefix_ids.dtype)
-        return (state, nxt), nxt
-
-    _, out = jax.lax.scan(step, (state, prefix_ids[-1]), jax.random.split(key, num_preds))
-    return out
-
-
-def encode_prefix(vocab: Vocab, prefix: str, warn: bool = True) -> jax.Array:
-    """Prompt -> ids. Unknown tokens become ``<unk>`` as in d2l, with a warning naming them."""
-    tokens = vocab.split(prefix)
-    if not tokens:
-        raise UserError("the prefix is empty: give at least one token to start from")
-    missing = vocab.unknown(tokens)
-    if missing and warn:
-        warnings.warn(f"prefix {prefix!r}: the vocabulary lacks {missing}; they are read as <unk>",
-                      stacklevel=2)
-    return jnp.asarray(vocab.ids(tokens), jnp.int32)
+    where = checkpoint.checkpoint_dir(workdir)
+    if not os.path.isdir(where):
+        raise UserError(f"no checkpoints in {where}: train first with "
+                        f"python -m lstm_jax.train --config ... --workdir {workdir}")
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+    try:
+        steps = ckpts.steps()
+        if not steps:
+            raise UserError(f"no checkpoints in {where}: train first with "
+                            f"python -m lstm_jax.train --config ... --workdir {workdir}")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise UserError(f"no checkpoint {step} in {where}; there are {steps}")
+        _, saved, vocab = ckpts.restore_json(step)
+        try:
+            config = ml_collections.ConfigDict(saved)
+            model = make_model(config.model, len(vocab), config.num_hiddens, config.dtype)
+            optimizer = train.make_optimizer(config.learning_rate, config.grad_clip)
+            abstract = train.abstract_arrays(model, optimizer, config.batch_size)
+        except (AttributeError, KeyError, TypeError) as e:
+            raise UserError(f"checkpoint {where}/{step} has an unusable config ({e}); "
+                            "was it written by another version of lstm_jax?") from None
+        restored = ckpts.restore(step, abstract)
+    finally:
+        ckpts.close()
+    return model, restored.arrays["train_state"].params, vocab, config, step
 
 
-def continue_text(model: LanguageModel, params, vocab: Vocab, prefix: str, num_preds: int,
-                  *, temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> str:
-    """The prefix followed by ``num_preds`` generated tokens, as d2l prints it."""
-    ids = encode_prefix(vocab, prefix)
-    if top_k < 0 or top_k > len(vocab):
-        raise UserError(f"top_k must be between 0 and the vocabulary size {len(vocab)}, got {top_k}")
-    out = generate(model, params, ids, jax.random.key(seed), num_preds=num_preds,
-                   temperature=float(temperature), top_k=int(top_k))
-    return vocab.join(vocab.split(prefix) + vocab.to_tokens(jax.device_get(out)))
+def main() -> None:
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "A training run's --workdir (holds checkpoints/).")
+    flags.DEFINE_multi_string("prefix", ["time traveller"], "Text to continue; repeat for several.")
+    flags.DEFINE_integer("num_chars", 50, "Tokens (characters) to generate per prefix.")
+    flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+    flags.DEFINE_float("temperature", 0.0, "0 = greedy argmax (d2l); > 0 samples from softmax(logits / T).")
+    flags.DEFINE_integer("top_k", 0, "With sampling: draw only from the K most likely tokens (0 = all).")
+    flags.DEFINE_integer("seed", 0, "Seed for sampling.")
+    flags.mark_flag_as_required("workdir")
+    FLAGS = flags.FLAGS
+
+    def run(argv):
+        from lstm_jax.train import _cli_setup, _fail
+
+        _cli_setup()
+        if len(argv) > 1:
+            _fail(f"unexpected arguments {argv[1:]}")
+        if FLAGS.num_chars < 0 or FLAGS.temperature < 0:
+            _fail("--num_chars and --temperature must be >= 0")
+        try:
+            model, params, vocab, _, _ = load_checkpoint(FLAGS.workdir, FLAGS.step)
+            for prefix in FLAGS.prefix:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    text = generate.continue_text(model, params, vocab, prefix, FLAGS.num_chars,
+                                                  temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                                                  seed=FLAGS.seed)
+                for w in caught:
+                    print(f"warning: {w.message}", file=sys.stderr)
+                print(text)
+        except UserError as e:
+            _fail(str(e))
+
+    from lstm_jax.train import _parse_flags
+
+    app.run(run, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    main()

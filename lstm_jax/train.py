@@ -21,6 +21,8 @@ import functools
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -31,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lstm_jax import configs, data, predict, reporting
+from lstm_jax import checkpoint, configs, data, generate, reporting
 from lstm_jax.errors import UserError
 from lstm_jax.lstm import LSTMState
 from lstm_jax.models import LanguageModel, make_model
@@ -163,15 +165,31 @@ class Experiment:
     def init_train_state(self) -> TrainState:
         return init_train_state(self.model, self.optimizer, jax.random.key(self.config.seed))
 
-    def block_sizes(self) -> list[int]:
-        """How an epoch is cut into compiled calls: equal blocks and one remainder."""
-        n, per_call = self.batches_per_epoch, self.config.batches_per_call
+    def block_sizes(self, num_batches: int | None = None) -> list[int]:
+        """How (the rest of) an epoch is cut into compiled calls: equal blocks, one remainder.
+
+        Cutting greedily from the front means the rest of an epoch resumed at a
+        block boundary is cut exactly as it would have been.
+        """
+        n = self.batches_per_epoch if num_batches is None else num_batches
+        per_call = self.config.batches_per_call
         return [per_call] * (n // per_call) + ([n % per_call] if n % per_call else [])
+
+    def abstract_arrays(self) -> dict:
+        return abstract_arrays(self.model, self.optimizer, self.config.batch_size)
 
     def continuations(self, params, prefixes=None) -> list[str]:
         c = self.config
-        return [predict.continue_text(self.model, params, self.corpus.vocab, p, c.num_preds)
+        return [generate.continue_text(self.model, params, self.corpus.vocab, p, c.num_preds)
                 for p in (prefixes if prefixes is not None else c.prefixes)]
+
+
+def abstract_arrays(model: LanguageModel, optimizer: optax.GradientTransformation,
+                    batch_size: int) -> dict:
+    """Shapes and dtypes of the arrays a checkpoint holds, for restoring it."""
+    return jax.eval_shape(lambda: {
+        "train_state": init_train_state(model, optimizer, jax.random.key(0)),
+        "lstm_state": model.initial_state(batch_size)})
 
 
 def device_summary() -> str:
@@ -180,86 +198,204 @@ def device_summary() -> str:
     return kind if len(devices) == 1 else f"{len(devices)} x {kind}"
 
 
-def compile_steps(exp: Experiment, ts: TrainState):
-    """Ahead-of-time compile the block function for each block length of an epoch.
+class CompiledBlocks:
+    """``train_block`` compiled ahead of time, one executable per block length.
 
-    Returns the compiled callables keyed by length and the seconds spent, so
-    compile time is reported on its own instead of inflating epoch 1.
+    Compiling before the first step keeps compile time out of epoch 1's speed;
+    ``compile_s`` adds up all compiling, including lengths first met later
+    (the rest of an epoch resumed with a different ``batches_per_call``).
     """
-    c = exp.config
-    fn = jax.jit(functools.partial(train_block, exp.model, exp.optimizer, c.data.random_iter),
-                 donate_argnums=(0, 1))
-    state = exp.model.initial_state(c.batch_size)
-    compiled, start = {}, time.perf_counter()
-    for n in sorted(set(exp.block_sizes())):
-        XY = jax.ShapeDtypeStruct((n, c.batch_size, c.num_steps), jnp.int32)
-        compiled[n] = fn.lower(ts, state, XY, XY).compile()
-    return compiled, time.perf_counter() - start
+
+    def __init__(self, exp: Experiment, ts: TrainState):
+        c = exp.config
+        self._fn = jax.jit(functools.partial(train_block, exp.model, exp.optimizer, c.data.random_iter),
+                           donate_argnums=(0, 1))
+        self._ts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), ts)
+        self._state = jax.eval_shape(lambda: exp.model.initial_state(c.batch_size))
+        self._shape = (c.batch_size, c.num_steps)
+        self._compiled = {}
+        self.compile_s = 0.0
+
+    def __getitem__(self, n: int):
+        if n not in self._compiled:
+            start = time.perf_counter()
+            XY = jax.ShapeDtypeStruct((n, *self._shape), jnp.int32)
+            self._compiled[n] = self._fn.lower(self._ts, self._state, XY, XY).compile()
+            self.compile_s += time.perf_counter() - start
+        return self._compiled[n]
 
 
-def train_epoch(exp: Experiment, compiled: dict, ts: TrainState, epoch: int):
-    """One epoch; returns the new train state and per-minibatch losses and grad norms."""
-    batches = exp.epoch_batches(epoch)
+def compile_steps(exp: Experiment, ts: TrainState):
+    """Compile every block length an epoch uses; returns (compiled blocks, seconds)."""
+    compiled = CompiledBlocks(exp, ts)
+    for n in set(exp.block_sizes()):
+        compiled[n]
+    return compiled, compiled.compile_s
+
+
+def run_blocks(exp: Experiment, compiled, ts: TrainState, state: LSTMState,
+               batches: data.Batches, done: int = 0):
+    """Train on ``batches`` from minibatch ``done`` on, one compiled call per block.
+
+    Yields ``(minibatches done, ts, state, metrics)`` after each call, so the
+    caller can stop (and checkpoint) between calls. Nothing here waits for
+    the device.
+    """
+    for n in exp.block_sizes(len(batches.X) - done):
+        ts, state, metrics = compiled[n](ts, state, batches.X[done:done + n], batches.Y[done:done + n])
+        done += n
+        yield done, ts, state, metrics
+
+
+def stack_metrics(outs: list[dict]) -> dict:
+    outs = jax.device_get(outs)
+    return {k: np.concatenate([np.asarray(o[k]).reshape(-1) for o in outs]) for k in outs[0]}
+
+
+def train_epoch(exp: Experiment, compiled, ts: TrainState, epoch: int):
+    """One whole epoch; returns the new train state and per-minibatch losses and grad norms."""
     state = exp.model.initial_state(exp.config.batch_size)  # d2l: fresh state every epoch
-    outs, start = [], 0
-    for n in exp.block_sizes():
-        ts, state, metrics = compiled[n](ts, state, batches.X[start:start + n], batches.Y[start:start + n])
+    outs = []
+    for _, ts, state, metrics in run_blocks(exp, compiled, ts, state, exp.epoch_batches(epoch)):
         outs.append(metrics)
-        start += n
-    outs = jax.device_get(outs)  # the epoch's one host sync
-    return ts, {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return ts, stack_metrics(outs)  # the epoch's one host sync
+
+
+class _Resume(NamedTuple):
+    ts: TrainState
+    epoch: int  # the epoch to continue (0-based)
+    done: int  # its minibatches already trained
+    state: LSTMState  # the LSTM state carried into minibatch ``done``
+    partial: list  # that epoch's metrics so far, as one block
+    step: int
+
+
+def _open_checkpoints(exp: Experiment, workdir: str) -> checkpoint.Checkpoints:
+    os.makedirs(workdir, exist_ok=True)
+    if exp.config.overwrite:
+        shutil.rmtree(checkpoint.checkpoint_dir(workdir), ignore_errors=True)
+    return checkpoint.Checkpoints(workdir, exp.config.max_to_keep)
+
+
+def _resume_point(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -> _Resume | None:
+    """Where to start: None for a fresh run, else the latest checkpoint, once shown compatible."""
+    c = exp.config
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    step = ckpts.latest_step()
+    if step is None:
+        if os.path.exists(metrics_path):
+            os.remove(metrics_path)
+        return None
+    where = os.path.join(ckpts.directory, str(step))
+    meta, saved_config, vocab = ckpts.restore_json(step)
+    diffs = checkpoint.config_differences(saved_config, c)
+    if diffs:
+        raise UserError(f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
+                        "resume with the config it was trained with, use another --workdir, "
+                        "or start over with --config.overwrite=True")
+    if vocab != exp.corpus.vocab:
+        raise UserError(f"checkpoint {where} was trained with a different vocabulary than "
+                        f"{exp.corpus.source} gives; use the same corpus, another --workdir, "
+                        "or --config.overwrite=True")
+    r = ckpts.restore(step, exp.abstract_arrays())
+    partial = [{k: np.asarray(v, np.float32) for k, v in meta["partial"].items()}] if meta["batch"] else []
+    reporting.MetricsWriter(metrics_path).truncate_after(meta["epoch"])
+    at = (f"epoch {meta['epoch'] + 1}, minibatch {meta['batch'] + 1}" if meta["batch"]
+          else f"the end of epoch {meta['epoch']}")
+    log(f"resuming from checkpoint {where} ({at})")
+    return _Resume(r.arrays["train_state"], meta["epoch"], meta["batch"], r.arrays["lstm_state"],
+                   partial, step)
+
+
+def _save(ckpts: checkpoint.Checkpoints, exp: Experiment, ts: TrainState, state: LSTMState,
+          epoch: int, done: int, outs: list) -> int:
+    partial = {k: v.tolist() for k, v in stack_metrics(outs).items()} if done else {}
+    step = int(ts.step)
+    ckpts.save(step, {"train_state": ts, "lstm_state": state},
+               {"epoch": epoch, "batch": done, "partial": partial}, exp.config, exp.corpus.vocab)
+    return step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """Train as the config says, writing metrics and plots into ``workdir``.
+                       log: Callable[[str], None] = print, progress: bool = True,
+                       should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Train as the config says, writing metrics, plots and checkpoints into ``workdir``.
 
+    A workdir that already holds checkpoints is resumed from the latest one.
+    ``should_stop`` is polled between compiled calls: when it turns true the
+    run saves a checkpoint where it stands and returns (``interrupted`` set).
     Returns a summary (final perplexities, speeds, compile time, continuations).
     """
     exp = Experiment.from_config(config)
+    ckpts = _open_checkpoints(exp, workdir)
+    try:
+        resume = _resume_point(exp, workdir, ckpts, log)
+        return _train(exp, workdir, ckpts, resume, log, progress, should_stop)
+    finally:
+        ckpts.close()
+
+
+def _train(exp, workdir, ckpts, resume, log, progress, should_stop) -> dict:
     c = exp.config
-    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(c.to_json(indent=2))
     with open(os.path.join(workdir, "vocab.json"), "w", encoding="utf-8") as f:
         f.write(exp.corpus.vocab.to_json())
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        os.remove(metrics_path)
     writer = reporting.MetricsWriter(metrics_path)
 
     device = device_summary()
-    tokens_per_epoch = exp.batches_per_epoch * c.batch_size * c.num_steps
     log(f"devices: {device}; model {c.model}, {c.num_hiddens} hidden, vocab {len(exp.corpus.vocab)}, "
         f"{len(exp.corpus.train)} training tokens ({exp.batches_per_epoch} minibatches of "
         f"{c.batch_size}x{c.num_steps} per epoch), corpus {exp.corpus.source}")
 
-    ts = exp.init_train_state()
+    ts = resume.ts if resume else exp.init_train_state()
     compiled, compile_s = compile_steps(exp, ts)
     log(f"compiled the train step in {compile_s:.2f} s")
     evaluate = jax.jit(functools.partial(eval_loss, exp.model))
     heldout = heldout_streams(exp.corpus.val, c.batch_size) if c.data.num_val else None
+    tokens_per_batch = c.batch_size * c.num_steps
 
-    records = []
-    epochs = range(c.num_epochs)
+    records = reporting.read_metrics(metrics_path)
+    first_epoch = resume.epoch if resume else 0
+    last_saved = resume.step if resume else None
     bar = None
+    epochs = range(first_epoch, c.num_epochs)
     if progress:
         from tqdm import tqdm
-        bar = tqdm(epochs, desc="epochs", unit="epoch", file=sys.stderr, disable=None)
+        bar = tqdm(epochs, desc="epochs", unit="epoch", file=sys.stderr, disable=None,
+                   initial=first_epoch, total=c.num_epochs)
         epochs = bar
+    interrupted = False
     train_start = time.perf_counter()
     for epoch in epochs:
         t0 = time.perf_counter()
-        ts, m = train_epoch(exp, compiled, ts, epoch)
+        if resume and epoch == resume.epoch and resume.done:
+            done0, state, outs = resume.done, resume.state, list(resume.partial)
+        else:
+            done0, state, outs = 0, exp.model.initial_state(c.batch_size), []
+        done = done0
+        for done, ts, state, metrics in run_blocks(exp, compiled, ts, state, exp.epoch_batches(epoch), done0):
+            outs.append(metrics)
+            if should_stop() and done < exp.batches_per_epoch:
+                last_saved = _save(ckpts, exp, ts, state, epoch, done, outs)
+                log(f"stopped in epoch {epoch + 1} after minibatch {done}: saved checkpoint "
+                    f"{ckpts.directory}/{last_saved}; run the same command again to resume")
+                interrupted = True
+                break
+        if interrupted:
+            break
+        m = stack_metrics(outs)  # the epoch's one host sync
         seconds = time.perf_counter() - t0
         if not np.all(np.isfinite(m["loss"])):
             bad = m["loss"][~np.isfinite(m["loss"])][0]
+            kept = f"; the last checkpoint is {ckpts.directory}/{last_saved}" if last_saved is not None else ""
             raise UserError(
                 f"the training loss became {bad} in epoch {epoch + 1} (learning_rate="
                 f"{c.learning_rate}, grad_clip={c.grad_clip}); training stopped. "
-                f"Metrics up to epoch {epoch} are in {metrics_path}; try a smaller learning rate")
+                f"Metrics up to epoch {epoch} are in {metrics_path}{kept}; try a smaller learning rate")
         record = {"epoch": epoch + 1, "train_ppl": perplexity(m["loss"].mean()),
-                  "tokens_per_sec": tokens_per_epoch / seconds, "epoch_time_s": seconds,
+                  "tokens_per_sec": (done - done0) * tokens_per_batch / seconds, "epoch_time_s": seconds,
                   "grad_norm": float(m["grad_norm"].mean()), "step": int(ts.step)}
         if heldout is not None:
             record["val_ppl"] = perplexity(evaluate(ts.params, heldout.X, heldout.Y))
@@ -273,27 +409,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 f"{record['tokens_per_sec']:.0f} tokens/sec on {device}")
             for text in exp.continuations(ts.params):
                 log(f"  {text}")
+        stop = should_stop()
+        if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.num_epochs or stop:
+            last_saved = _save(ckpts, exp, ts, state, epoch + 1, 0, [])
+        if stop and epoch + 1 < c.num_epochs:
+            log(f"stopped after epoch {epoch + 1}: saved checkpoint {ckpts.directory}/{last_saved}; "
+                "run the same command again to resume")
+            interrupted = True
+            break
     train_s = time.perf_counter() - train_start
     if bar is not None:
         bar.close()
 
-    reporting.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
-                              f"{c.model} LSTM, {c.num_hiddens} hidden, lr {c.learning_rate}")
-    final = records[-1]
+    if records:
+        reporting.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
+                                  f"{c.model} LSTM, {c.num_hiddens} hidden, lr {c.learning_rate}")
+    final = records[-1] if records else {}
     speeds = [r["tokens_per_sec"] for r in records]
     summary = {
-        "final_train_ppl": final["train_ppl"], "final_val_ppl": final.get("val_ppl"),
-        "tokens_per_sec_median": float(np.median(speeds)), "compile_s": compile_s,
-        "train_s": train_s, "device": device, "epochs": len(records),
+        "final_train_ppl": final.get("train_ppl"), "final_val_ppl": final.get("val_ppl"),
+        "tokens_per_sec_median": float(np.median(speeds)) if speeds else None,
+        "compile_s": compiled.compile_s, "train_s": train_s, "device": device,
+        "epochs": len(records), "interrupted": interrupted, "checkpoint_step": last_saved,
         "continuations": exp.continuations(ts.params),
     }
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    log(f"perplexity {final['train_ppl']:.1f}, {summary['tokens_per_sec_median']:.0f} tokens/sec "
-        f"on {device} (median over epochs; compile {compile_s:.1f} s, training {train_s:.1f} s)")
-    for text in summary["continuations"]:
-        log(text)
-    log(f"outputs in {workdir}: metrics.jsonl, perplexity.png, summary.json")
+    if not interrupted and records:
+        if first_epoch >= c.num_epochs:
+            log(f"already trained for {c.num_epochs} epochs (checkpoint {last_saved}); "
+                "raise --config.num_epochs to train on")
+        log(f"perplexity {final['train_ppl']:.1f}, {summary['tokens_per_sec_median']:.0f} tokens/sec "
+            f"on {device} (median over epochs; compile {compiled.compile_s:.1f} s, training {train_s:.1f} s)")
+        for text in summary["continuations"]:
+            log(text)
+        log(f"outputs in {workdir}: metrics.jsonl, perplexity.png, summary.json, checkpoints/")
     summary["train_state"] = ts
     return summary
 
@@ -302,6 +452,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 # The command line (flags are defined only when run as a program, so that
 # importing this module from tests or other tools never touches absl FLAGS).
 # --------------------------------------------------------------------------
+
+
+def _cli_setup() -> None:
+    """Quiet the libraries' chatter so that what the user sees is ours."""
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)  # JAX's backend probing, orbax's notes
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        # A failed orbax restore leaves tensorstore callbacks that fire on a
+        # closed event loop; the failure itself was already reported.
+        if not (unraisable.exc_type is RuntimeError and "Event loop is closed" in str(unraisable.exc_value)):
+            default_hook(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _fail(message: str) -> None:
@@ -327,8 +493,32 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
+class StopRequest:
+    """SIGINT/SIGTERM handler: the first asks training to checkpoint and stop, a second quits now."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.signum = None
+        self._log = log
+
+    def install(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            print("\nerror: interrupted again; quitting without saving", file=sys.stderr)
+            os._exit(128 + signum)
+        self.signum = signum
+        self._log(f"{signal.Signals(signum).name}: finishing the current step, then saving a "
+                  "checkpoint (interrupt again to quit at once)")
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
 def main() -> None:
-    from absl import app, flags, logging
+    from absl import app, flags
     from ml_collections import config_flags
 
     config_flag = config_flags.DEFINE_config_file(
@@ -338,7 +528,7 @@ def main() -> None:
     flags.mark_flag_as_required("config")
 
     def run(argv):
-        logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the output
+        _cli_setup()
         if len(argv) > 1:
             _fail(f"unexpected arguments {argv[1:]}; options look like --config.<field>=<value>")
         try:
@@ -348,12 +538,13 @@ def main() -> None:
             _fail(f"cannot load config file {flags.FLAGS['config'].config_filename}: {e}")
         stem = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
         workdir = flags.FLAGS.workdir or os.path.join("runs", stem)
+        stop = StopRequest(_log).install()
         try:
-            train_and_evaluate(config, workdir, log=_log)
+            train_and_evaluate(config, workdir, log=_log, should_stop=stop)
         except UserError as e:
             _fail(str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted")
+        if stop.signum is not None:
+            sys.exit(128 + stop.signum)
 
     app.run(run, flags_parser=_parse_flags)
 

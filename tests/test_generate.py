@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax import data, models, predict
+from lstm_jax import data, generate, models
 from lstm_jax.errors import UserError
 
 VOCAB = data.load_corpus(data.builtin_corpus_path()).vocab
@@ -40,27 +40,27 @@ def model_and_params(request):
 def test_greedy_scan_equals_d2l_python_loop(model_and_params, prefix):
     model, params = model_and_params
     expected = d2l_predict_ch8(model, params, VOCAB, prefix, 20)
-    got = predict.continue_text(model, params, VOCAB, prefix, 20)
+    got = generate.continue_text(model, params, VOCAB, prefix, 20)
     assert got == expected
     assert len(set(got[len(prefix):])) > 1
 
 
 def test_sampling(model_and_params):
     model, params = model_and_params
-    a = predict.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, seed=1)
-    b = predict.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, seed=1)
-    c = predict.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, seed=2)
+    a = generate.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, seed=1)
+    b = generate.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, seed=1)
+    c = generate.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, seed=2)
     assert a == b != c
-    greedy = predict.continue_text(model, params, VOCAB, "the", 40)
-    assert predict.continue_text(model, params, VOCAB, "the", 40, temperature=0.7, top_k=1) == greedy
+    greedy = generate.continue_text(model, params, VOCAB, "the", 40)
+    assert generate.continue_text(model, params, VOCAB, "the", 40, temperature=0.7, top_k=1) == greedy
 
 
 def test_top_k_restricts_the_choice(model_and_params):
     model, params = model_and_params
-    ids = predict.encode_prefix(VOCAB, "the")
+    ids = generate.encode_prefix(VOCAB, "the")
     logits, _ = model.apply(params, model.initial_state(1), ids[None])
     top2 = set(np.argsort(np.asarray(logits[0, -1]))[-2:].tolist())
-    firsts = {int(predict.generate(model, params, ids, jax.random.key(s), num_preds=1,
+    firsts = {int(generate.generate(model, params, ids, jax.random.key(s), num_preds=1,
                                    temperature=5.0, top_k=2)[0]) for s in range(30)}
     assert firsts <= top2 and len(firsts) == 2
 
@@ -68,7 +68,7 @@ def test_top_k_restricts_the_choice(model_and_params):
 def test_prefix_errors(model_and_params):
     model, params = model_and_params
     with pytest.raises(UserError, match="empty"):
-        predict.continue_text(model, params, VOCAB, "", 5)
+        generate.continue_text(model, params, VOCAB, "", 5)
     with pytest.warns(UserWarning, match=r"lacks \['T', '!'\]"):
-        out = predict.continue_text(model, params, VOCAB, "The end!", 5)
+        out = generate.continue_text(model, params, VOCAB, "The end!", 5)
     assert out.startswith("The end!") and len(out) == len("The end!") + 5
