@@ -8,7 +8,9 @@
 Any field of the config can be overridden with --config.<field>=<value>
 (README.md lists them all; misspelled fields are refused). Outputs go to
 --workdir (default runs/<config file name>): metrics.jsonl (one line per
-epoch), perplexity.png, config.json and vocab.json.
+epoch), perplexity.png, config.json, vocab.json and checkpoints/. A workdir
+that holds checkpoints is resumed; Ctrl-C saves a checkpoint and stops.
+Continue text from a run with python -m lstm_jax.predict --workdir DIR.
 
 A run is a function of its config: the seed fixes the initial weights and
 every epoch's minibatches, and on CPU the numbers repeat bit for bit.
@@ -454,6 +456,17 @@ def _train(exp, workdir, ckpts, resume, log, progress, should_stop) -> dict:
 # --------------------------------------------------------------------------
 
 
+def _config_fields_help() -> str:
+    def walk(cfg, prefix=""):
+        for key, value in cfg.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"  --config.{prefix}{key}={value!r}"
+    return "\nconfig fields and their defaults (experiments/*.py change some):\n" + \
+        "\n".join(walk(configs.get_base_config())) + "\n"
+
+
 def _cli_setup() -> None:
     """Quiet the libraries' chatter so that what the user sees is ours."""
     from absl import logging
@@ -518,6 +531,8 @@ class StopRequest:
 
 
 def main() -> None:
+    global __doc__
+    __doc__ += _config_fields_help()
     from absl import app, flags
     from ml_collections import config_flags
 
