@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lstm_jax import configs, data, predict, reporting
+from lstm_jax import configs, data, distributed, predict, reporting
 from lstm_jax.errors import UserError
 from lstm_jax.lstm import LSTMState
 from lstm_jax.models import LanguageModel, make_model
@@ -139,6 +139,12 @@ class Experiment:
     model: LanguageModel
     optimizer: optax.GradientTransformation
     batches_per_epoch: int
+    shardings: distributed.Shardings = None  # default: data parallel over all devices (one is fine)
+
+    def __post_init__(self):
+        if self.shardings is None:
+            self.shardings = distributed.Shardings(distributed.make_mesh())
+        distributed.check_batch_size(self.config.batch_size, self.shardings.num_devices)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "Experiment":
@@ -170,30 +176,33 @@ class Experiment:
 
     def continuations(self, params, prefixes=None) -> list[str]:
         c = self.config
+        params = distributed.to_host(params)  # batch 1: every process on its own first device
         return [predict.continue_text(self.model, params, self.corpus.vocab, p, c.num_preds)
                 for p in (prefixes if prefixes is not None else c.prefixes)]
 
 
 def device_summary() -> str:
-    devices = jax.devices()
-    kind = devices[0].platform
-    return kind if len(devices) == 1 else f"{len(devices)} x {kind}"
+    """``cpu``, ``4 x cpu``, ``gpu (NVIDIA H200)``; ``, N processes`` when multi-process."""
+    return distributed.describe()
 
 
 def compile_steps(exp: Experiment, ts: TrainState):
     """Ahead-of-time compile the block function for each block length of an epoch.
 
     Returns the compiled callables keyed by length and the seconds spent, so
-    compile time is reported on its own instead of inflating epoch 1.
+    compile time is reported on its own instead of inflating epoch 1. The batch
+    rows (and hidden-state rows) are split over the mesh's devices and the train
+    state replicated; each callable places its arguments so (host numpy is fine).
     """
-    c = exp.config
+    c, sh = exp.config, exp.shardings
     fn = jax.jit(functools.partial(train_block, exp.model, exp.optimizer, c.data.random_iter),
-                 donate_argnums=(0, 1))
+                 in_shardings=(sh.replicated, sh.rows, sh.blocks, sh.blocks),
+                 out_shardings=(sh.replicated, sh.rows, sh.replicated), donate_argnums=(0, 1))
     state = exp.model.initial_state(c.batch_size)
     compiled, start = {}, time.perf_counter()
     for n in sorted(set(exp.block_sizes())):
         XY = jax.ShapeDtypeStruct((n, c.batch_size, c.num_steps), jnp.int32)
-        compiled[n] = fn.lower(ts, state, XY, XY).compile()
+        compiled[n] = distributed.placed(fn.lower(ts, state, XY, XY).compile())
     return compiled, time.perf_counter() - start
 
 
@@ -218,14 +227,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     exp = Experiment.from_config(config)
     c = exp.config
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(c.to_json(indent=2))
-    with open(os.path.join(workdir, "vocab.json"), "w", encoding="utf-8") as f:
-        f.write(exp.corpus.vocab.to_json())
+    is_main = distributed.is_main_process()  # every process trains; only process 0 writes or logs
+    if not is_main:
+        log, progress = (lambda message: None), False
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        os.remove(metrics_path)
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(c.to_json(indent=2))
+        with open(os.path.join(workdir, "vocab.json"), "w", encoding="utf-8") as f:
+            f.write(exp.corpus.vocab.to_json())
+        if os.path.exists(metrics_path):
+            os.remove(metrics_path)
     writer = reporting.MetricsWriter(metrics_path)
 
     device = device_summary()
@@ -237,7 +250,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ts = exp.init_train_state()
     compiled, compile_s = compile_steps(exp, ts)
     log(f"compiled the train step in {compile_s:.2f} s")
-    evaluate = jax.jit(functools.partial(eval_loss, exp.model))
+    sh = exp.shardings
+    eval_in = (sh.replicated, sh.rows, sh.rows)  # held-out streams are split by rows, as a minibatch
+    evaluate = distributed.placed(jax.jit(functools.partial(eval_loss, exp.model), in_shardings=eval_in,
+                                          out_shardings=sh.replicated), eval_in)
     heldout = heldout_streams(exp.corpus.val, c.batch_size) if c.data.num_val else None
 
     records = []
@@ -263,7 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   "grad_norm": float(m["grad_norm"].mean()), "step": int(ts.step)}
         if heldout is not None:
             record["val_ppl"] = perplexity(evaluate(ts.params, heldout.X, heldout.Y))
-        writer.write(record)
+        if is_main:
+            writer.write(record)
         records.append(record)
         if bar is not None:
             bar.set_postfix(ppl=f"{record['train_ppl']:.2f}")
@@ -277,8 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if bar is not None:
         bar.close()
 
-    reporting.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
-                              f"{c.model} LSTM, {c.num_hiddens} hidden, lr {c.learning_rate}")
+    if is_main:
+        reporting.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
+                                  f"{c.model} LSTM, {c.num_hiddens} hidden, lr {c.learning_rate}")
     final = records[-1]
     speeds = [r["tokens_per_sec"] for r in records]
     summary = {
@@ -287,8 +305,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "train_s": train_s, "device": device, "epochs": len(records),
         "continuations": exp.continuations(ts.params),
     }
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    if is_main:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
     log(f"perplexity {final['train_ppl']:.1f}, {summary['tokens_per_sec_median']:.0f} tokens/sec "
         f"on {device} (median over epochs; compile {compile_s:.1f} s, training {train_s:.1f} s)")
     for text in summary["continuations"]:
@@ -335,6 +354,13 @@ def main() -> None:
         "config", None, "Config file (experiments/*.py); override fields with --config.<field>=<value>.",
         lock_config=True)
     flags.DEFINE_string("workdir", None, "Where outputs go (default: runs/<config file name>).")
+    flags.DEFINE_string("coordinator", None, "Multi-process runs: process 0's HOST:PORT, the same for "
+                        "every process ('auto': let JAX detect Slurm, Open MPI, ...). "
+                        "Default: $JAX_COORDINATOR_ADDRESS, else a single-process run.")
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes "
+                         "(default: $JAX_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's rank, 0..N-1; "
+                         "0 writes the outputs (default: $JAX_PROCESS_ID).")
     flags.mark_flag_as_required("config")
 
     def run(argv):
@@ -349,6 +375,8 @@ def main() -> None:
         stem = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
         workdir = flags.FLAGS.workdir or os.path.join("runs", stem)
         try:
+            distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                                   flags.FLAGS.process_id)  # before anything touches a device
             train_and_evaluate(config, workdir, log=_log)
         except UserError as e:
             _fail(str(e))
