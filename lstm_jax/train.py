@@ -12,6 +12,11 @@ epoch), perplexity.png, config.json and vocab.json.
 
 A run is a function of its config: the seed fixes the initial weights and
 every epoch's minibatches, and on CPU the numbers repeat bit for bit.
+
+Every device JAX sees is used (data parallel, lstm_jax/distributed.py); with
+several processes (hosts), run the same command in each, adding
+
+  --coordinator=HOST0:PORT --num_processes=N --process_id=I
 """
 
 from __future__ import annotations
