@@ -17,6 +17,8 @@ own devices hold (:func:`place`). Only process 0 writes files or logs
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Any, Callable
 
 import jax
@@ -35,7 +37,8 @@ ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = (
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 300) -> bool:
+               process_id: int | None = None, timeout_s: int = 300,
+               log: Callable[[str], None] | None = None) -> bool:
     """Join a multi-process run through ``jax.distributed.initialize``, if one is asked for.
 
     Asked for means: any argument given, or ``JAX_COORDINATOR_ADDRESS`` set.
@@ -46,6 +49,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
     On CPU, cross-process collectives go through gloo (TCP); set here
     explicitly because jax versions before 0.5 had no default.
+
+    JAX aborts the process (no exception) when the coordinator cannot be
+    reached in time, so processes other than 0 first wait, up to ``timeout_s``,
+    for its port to accept connections and raise a UserError if it never does.
     """
     env = os.environ
     coordinator = coordinator or env.get(ENV_COORDINATOR) or None
@@ -72,6 +79,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                             f"got process_id={process_id}, num_processes={num_processes}")
         kwargs = dict(coordinator_address=coordinator, num_processes=num_processes,
                       process_id=process_id)
+        if log:
+            log(f"process {process_id} of {num_processes}: joining coordinator {coordinator} "
+                f"(waiting up to {timeout_s} s for all processes)")
+        if process_id != 0:
+            _wait_for_coordinator(coordinator, timeout_s)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
@@ -79,6 +91,21 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"jax.distributed.initialize failed (coordinator {coordinator}): {first}") from None
     return True
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except (OSError, ValueError) as e:
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"cannot reach the coordinator {address} within {timeout_s:.0f} s ({e}): start "
+                    "process 0 with the same --coordinator, and check host, port and firewall") from None
+        time.sleep(0.25)
 
 
 def _env_int(name: str) -> int:

@@ -381,7 +381,8 @@ def main() -> None:
         workdir = flags.FLAGS.workdir or os.path.join("runs", stem)
         try:
             distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                                   flags.FLAGS.process_id)  # before anything touches a device
+                                   flags.FLAGS.process_id,  # before anything touches a device
+                                   log=lambda m: print(m, file=sys.stderr, flush=True))
             train_and_evaluate(config, workdir, log=_log)
         except UserError as e:
             _fail(str(e))

@@ -153,6 +153,9 @@ def test_initialize_needs_every_part(monkeypatch):
         distributed.initialize("127.0.0.1:1234")
     with pytest.raises(UserError, match="HOST:PORT"):
         distributed.initialize("localhost", 2, 0)
+    # JAX would abort the process after its timeout; we fail first, with a UserError.
+    with pytest.raises(UserError, match="cannot reach the coordinator 127.0.0.1:.* within 1 s"):
+        distributed.initialize(f"127.0.0.1:{_free_port()}", 2, 1, timeout_s=1)
 
 
 def test_orbax_saves_and_restores_across_two_processes(tmp_path):
