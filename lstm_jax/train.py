@@ -14,6 +14,11 @@ Continue text from a run with python -m lstm_jax.predict --workdir DIR.
 
 A run is a function of its config: the seed fixes the initial weights and
 every epoch's minibatches, and on CPU the numbers repeat bit for bit.
+
+Every device JAX sees is used (data parallel, lstm_jax/distributed.py); with
+several processes (hosts), run the same command in each, adding
+
+  --coordinator=HOST0:PORT --num_processes=N --process_id=I
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lstm_jax import checkpoint, configs, data, generate, reporting
+from lstm_jax import checkpoint, configs, data, distributed, generate, reporting
 from lstm_jax.errors import UserError
 from lstm_jax.lstm import LSTMState
 from lstm_jax.models import LanguageModel, make_model
@@ -143,6 +148,12 @@ class Experiment:
     model: LanguageModel
     optimizer: optax.GradientTransformation
     batches_per_epoch: int
+    shardings: distributed.Shardings = None  # default: data parallel over all devices (one is fine)
+
+    def __post_init__(self):
+        if self.shardings is None:
+            self.shardings = distributed.Shardings(distributed.make_mesh())
+        distributed.check_batch_size(self.config.batch_size, self.shardings.num_devices)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "Experiment":
@@ -178,10 +189,16 @@ class Experiment:
         return [per_call] * (n // per_call) + ([n % per_call] if n % per_call else [])
 
     def abstract_arrays(self) -> dict:
-        return abstract_arrays(self.model, self.optimizer, self.config.batch_size)
+        """What a checkpoint holds, placed as training wants it (restores straight onto the mesh)."""
+        shapes = abstract_arrays(self.model, self.optimizer, self.config.batch_size)
+        sh = self.shardings
+        with_sharding = lambda sharding: (lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding))
+        return {"train_state": jax.tree.map(with_sharding(sh.replicated), shapes["train_state"]),
+                "lstm_state": jax.tree.map(with_sharding(sh.rows), shapes["lstm_state"])}
 
     def continuations(self, params, prefixes=None) -> list[str]:
         c = self.config
+        params = distributed.to_host(params)  # batch 1: every process on its own first device
         return [generate.continue_text(self.model, params, self.corpus.vocab, p, c.num_preds)
                 for p in (prefixes if prefixes is not None else c.prefixes)]
 
@@ -195,9 +212,8 @@ def abstract_arrays(model: LanguageModel, optimizer: optax.GradientTransformatio
 
 
 def device_summary() -> str:
-    devices = jax.devices()
-    kind = devices[0].platform
-    return kind if len(devices) == 1 else f"{len(devices)} x {kind}"
+    """``cpu``, ``4 x cpu``, ``gpu (NVIDIA H200)``; ``, N processes`` when multi-process."""
+    return distributed.describe()
 
 
 class CompiledBlocks:
@@ -205,13 +221,17 @@ class CompiledBlocks:
 
     Compiling before the first step keeps compile time out of epoch 1's speed;
     ``compile_s`` adds up all compiling, including lengths first met later
-    (the rest of an epoch resumed with a different ``batches_per_call``).
+    (the rest of an epoch resumed with a different ``batches_per_call``). The
+    batch rows (and hidden-state rows) are split over the mesh's devices and
+    the train state replicated; each callable places its arguments so (host
+    numpy is fine).
     """
 
     def __init__(self, exp: Experiment, ts: TrainState):
-        c = exp.config
+        c, sh = exp.config, exp.shardings
         self._fn = jax.jit(functools.partial(train_block, exp.model, exp.optimizer, c.data.random_iter),
-                           donate_argnums=(0, 1))
+                           in_shardings=(sh.replicated, sh.rows, sh.blocks, sh.blocks),
+                           out_shardings=(sh.replicated, sh.rows, sh.replicated), donate_argnums=(0, 1))
         self._ts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), ts)
         self._state = jax.eval_shape(lambda: exp.model.initial_state(c.batch_size))
         self._shape = (c.batch_size, c.num_steps)
@@ -222,7 +242,7 @@ class CompiledBlocks:
         if n not in self._compiled:
             start = time.perf_counter()
             XY = jax.ShapeDtypeStruct((n, *self._shape), jnp.int32)
-            self._compiled[n] = self._fn.lower(self._ts, self._state, XY, XY).compile()
+            self._compiled[n] = distributed.placed(self._fn.lower(self._ts, self._state, XY, XY).compile())
             self.compile_s += time.perf_counter() - start
         return self._compiled[n]
 
@@ -273,8 +293,9 @@ class _Resume(NamedTuple):
 
 
 def _open_checkpoints(exp: Experiment, workdir: str) -> checkpoint.Checkpoints:
+    """Every process opens the checkpoints (orbax saves collectively); process 0 owns the files."""
     os.makedirs(workdir, exist_ok=True)
-    if exp.config.overwrite:
+    if exp.config.overwrite and distributed.is_main_process():
         shutil.rmtree(checkpoint.checkpoint_dir(workdir), ignore_errors=True)
     return checkpoint.Checkpoints(workdir, exp.config.max_to_keep)
 
@@ -284,8 +305,9 @@ def _resume_point(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, 
     c = exp.config
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     step = ckpts.latest_step()
+    is_main = distributed.is_main_process()
     if step is None:
-        if os.path.exists(metrics_path):
+        if is_main and os.path.exists(metrics_path):
             os.remove(metrics_path)
         return None
     where = os.path.join(ckpts.directory, str(step))
@@ -301,7 +323,8 @@ def _resume_point(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, 
                         "or --config.overwrite=True")
     r = ckpts.restore(step, exp.abstract_arrays())
     partial = [{k: np.asarray(v, np.float32) for k, v in meta["partial"].items()}] if meta["batch"] else []
-    reporting.MetricsWriter(metrics_path).truncate_after(meta["epoch"])
+    if is_main:
+        reporting.MetricsWriter(metrics_path).truncate_after(meta["epoch"])
     at = (f"epoch {meta['epoch'] + 1}, minibatch {meta['batch'] + 1}" if meta["batch"]
           else f"the end of epoch {meta['epoch']}")
     log(f"resuming from checkpoint {where} ({at})")
@@ -329,6 +352,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Returns a summary (final perplexities, speeds, compile time, continuations).
     """
     exp = Experiment.from_config(config)
+    if not distributed.is_main_process():  # every process trains; only process 0 writes or logs
+        log, progress = (lambda message: None), False
+    c = exp.config
+    log(f"devices: {device_summary()}; model {c.model}, {c.num_hiddens} hidden, vocab "
+        f"{len(exp.corpus.vocab)}, {len(exp.corpus.train)} training tokens ({exp.batches_per_epoch} "
+        f"minibatches of {c.batch_size}x{c.num_steps} per epoch), corpus {exp.corpus.source}")
     ckpts = _open_checkpoints(exp, workdir)
     try:
         resume = _resume_point(exp, workdir, ckpts, log)
@@ -339,22 +368,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train(exp, workdir, ckpts, resume, log, progress, should_stop) -> dict:
     c = exp.config
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(c.to_json(indent=2))
-    with open(os.path.join(workdir, "vocab.json"), "w", encoding="utf-8") as f:
-        f.write(exp.corpus.vocab.to_json())
+    is_main = distributed.is_main_process()
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(c.to_json(indent=2))
+        with open(os.path.join(workdir, "vocab.json"), "w", encoding="utf-8") as f:
+            f.write(exp.corpus.vocab.to_json())
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     writer = reporting.MetricsWriter(metrics_path)
 
     device = device_summary()
-    log(f"devices: {device}; model {c.model}, {c.num_hiddens} hidden, vocab {len(exp.corpus.vocab)}, "
-        f"{len(exp.corpus.train)} training tokens ({exp.batches_per_epoch} minibatches of "
-        f"{c.batch_size}x{c.num_steps} per epoch), corpus {exp.corpus.source}")
 
     ts = resume.ts if resume else exp.init_train_state()
     compiled, compile_s = compile_steps(exp, ts)
     log(f"compiled the train step in {compile_s:.2f} s")
-    evaluate = jax.jit(functools.partial(eval_loss, exp.model))
+    sh = exp.shardings
+    eval_in = (sh.replicated, sh.rows, sh.rows)  # held-out streams are split by rows, as a minibatch
+    evaluate = distributed.placed(jax.jit(functools.partial(eval_loss, exp.model), in_shardings=eval_in,
+                                          out_shardings=sh.replicated), eval_in)
     heldout = heldout_streams(exp.corpus.val, c.batch_size) if c.data.num_val else None
     tokens_per_batch = c.batch_size * c.num_steps
 
@@ -401,7 +432,8 @@ def _train(exp, workdir, ckpts, resume, log, progress, should_stop) -> dict:
                   "grad_norm": float(m["grad_norm"].mean()), "step": int(ts.step)}
         if heldout is not None:
             record["val_ppl"] = perplexity(evaluate(ts.params, heldout.X, heldout.Y))
-        writer.write(record)
+        if is_main:
+            writer.write(record)
         records.append(record)
         if bar is not None:
             bar.set_postfix(ppl=f"{record['train_ppl']:.2f}")
@@ -423,7 +455,7 @@ def _train(exp, workdir, ckpts, resume, log, progress, should_stop) -> dict:
     if bar is not None:
         bar.close()
 
-    if records:
+    if records and is_main:
         reporting.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
                                   f"{c.model} LSTM, {c.num_hiddens} hidden, lr {c.learning_rate}")
     final = records[-1] if records else {}
@@ -435,8 +467,9 @@ def _train(exp, workdir, ckpts, resume, log, progress, should_stop) -> dict:
         "epochs": len(records), "interrupted": interrupted, "checkpoint_step": last_saved,
         "continuations": exp.continuations(ts.params),
     }
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    if is_main:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
     if not interrupted and records:
         if first_epoch >= c.num_epochs:
             log(f"already trained for {c.num_epochs} epochs (checkpoint {last_saved}); "
@@ -540,6 +573,13 @@ def main() -> None:
         "config", None, "Config file (experiments/*.py); override fields with --config.<field>=<value>.",
         lock_config=True)
     flags.DEFINE_string("workdir", None, "Where outputs go (default: runs/<config file name>).")
+    flags.DEFINE_string("coordinator", None, "Multi-process runs: process 0's HOST:PORT, the same for "
+                        "every process ('auto': let JAX detect Slurm, Open MPI, ...). "
+                        "Default: $JAX_COORDINATOR_ADDRESS, else a single-process run.")
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes "
+                         "(default: $JAX_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's rank, 0..N-1; "
+                         "0 writes the outputs (default: $JAX_PROCESS_ID).")
     flags.mark_flag_as_required("config")
 
     def run(argv):
@@ -555,6 +595,9 @@ def main() -> None:
         workdir = flags.FLAGS.workdir or os.path.join("runs", stem)
         stop = StopRequest(_log).install()
         try:
+            distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                                   flags.FLAGS.process_id,  # before anything touches a device
+                                   log=lambda m: print(m, file=sys.stderr, flush=True))
             train_and_evaluate(config, workdir, log=_log, should_stop=stop)
         except UserError as e:
             _fail(str(e))
