@@ -527,8 +527,7 @@ def plot_heatmap(results: Sequence[dict], path: str, title: str = "") -> None:
     if finite.size:
         lo, hi = finite.min(), max(finite.max(), finite.min() * 1.001)
         norm = LogNorm(lo, hi) if hi / lo > 3 else Normalize(lo, hi)
-    cmap = plt.get_cmap("viridis_r").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(table), cmap=cmap, norm=norm, origin="lower", aspect="auto")
     if finite.size:
         fig.colorbar(im, ax=ax, label=f"final {score_name(results)}", format=ScalarFormatter())
