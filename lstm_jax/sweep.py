@@ -199,17 +199,16 @@ def train_group(config: ml_collections.ConfigDict, trials: Sequence[Trial],
     for c in cfgs:
         configs.validate(c)
     exp = train.Experiment.from_config(cfgs[0])  # data, model, optimizer: the same for all
-    exps = [dataclasses.replace(exp, config=c) for c in cfgs]  # each with its own seed
     K, c0 = len(trials), exp.config
     results = [_new_result(t, exp.config, "vmap", K) for t in trials]
 
     # Each trial's initial state is exactly its solo one (its seed, its lr in opt_state).
     ts = _stack([train.init_train_state(exp.model, train.make_optimizer(c.learning_rate, c.grad_clip),
                                         jax.random.key(c.seed)) for c in cfgs])
+    active = np.ones(K, bool)  # False once a trial diverged: it is frozen from then on
+
     def zero_state():  # d2l: every epoch starts from zeros (a fresh buffer: the old one is donated)
         return _stack([exp.model.initial_state(c0.batch_size)] * K)
-
-    active = np.ones(K, bool)
 
     fn = jax.jit(jax.vmap(functools.partial(_group_block, exp.model, exp.optimizer, c0.data.random_iter)),
                  donate_argnums=(1, 2))
@@ -224,9 +223,10 @@ def train_group(config: ml_collections.ConfigDict, trials: Sequence[Trial],
         evaluate = evaluate.lower(ts.params, heldout.X, heldout.Y).compile()
 
     tokens_per_epoch = exp.batches_per_epoch * c0.batch_size * c0.num_steps
-    seeds = sorted({c.seed for c in cfgs})
+    # Each trial sees its own seed's minibatches: Experiment.epoch_batches with its config.
+    by_seed = {c.seed: dataclasses.replace(exp, config=c) for c in cfgs}
+    seeds = sorted(by_seed)
     seed_index = np.array([seeds.index(c.seed) for c in cfgs])
-    by_seed = {c.seed: e for c, e in zip(cfgs, exps)}
     epoch_seconds = []
     train_start = time.perf_counter()
     for epoch in range(c0.num_epochs):
