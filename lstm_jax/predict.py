@@ -60,6 +60,8 @@ def load_checkpoint(workdir: str, step: int | None = None
 def main() -> None:
     from absl import app, flags
 
+    from lstm_jax import cli
+
     flags.DEFINE_string("workdir", None, "A training run's --workdir (holds checkpoints/).")
     flags.DEFINE_multi_string("prefix", ["time traveller"], "Text to continue; repeat for several.")
     flags.DEFINE_integer("num_chars", 50, "Tokens (characters) to generate per prefix.")
@@ -71,13 +73,11 @@ def main() -> None:
     FLAGS = flags.FLAGS
 
     def run(argv):
-        from lstm_jax.train import _cli_setup, _fail
-
-        _cli_setup()
+        cli.setup()
         if len(argv) > 1:
-            _fail(f"unexpected arguments {argv[1:]}")
+            cli.fail(f"unexpected arguments {argv[1:]}")
         if FLAGS.num_chars < 0 or FLAGS.temperature < 0:
-            _fail("--num_chars and --temperature must be >= 0")
+            cli.fail("--num_chars and --temperature must be >= 0")
         try:
             model, params, vocab, _, _ = load_checkpoint(FLAGS.workdir, FLAGS.step)
             for prefix in FLAGS.prefix:
@@ -90,11 +90,9 @@ def main() -> None:
                     print(f"warning: {w.message}", file=sys.stderr)
                 print(text)
         except UserError as e:
-            _fail(str(e))
+            cli.fail(str(e))
 
-    from lstm_jax.train import _parse_flags
-
-    app.run(run, flags_parser=_parse_flags)
+    app.run(run, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

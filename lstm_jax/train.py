@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -489,85 +488,14 @@ def _train(exp, workdir, ckpts, resume, log, progress, should_stop) -> dict:
 # --------------------------------------------------------------------------
 
 
-def _config_fields_help() -> str:
-    def walk(cfg, prefix=""):
-        for key, value in cfg.items():
-            if isinstance(value, ml_collections.ConfigDict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"  --config.{prefix}{key}={value!r}"
-    return "\nconfig fields and their defaults (experiments/*.py change some):\n" + \
-        "\n".join(walk(configs.get_base_config())) + "\n"
-
-
-def _cli_setup() -> None:
-    """Quiet the libraries' chatter so that what the user sees is ours."""
-    from absl import logging
-
-    logging.set_verbosity(logging.ERROR)  # JAX's backend probing, orbax's notes
-    default_hook = sys.unraisablehook
-
-    def hook(unraisable):
-        # A failed orbax restore leaves tensorstore callbacks that fire on a
-        # closed event loop; the failure itself was already reported.
-        if not (unraisable.exc_type is RuntimeError and "Event loop is closed" in str(unraisable.exc_value)):
-            default_hook(unraisable)
-
-    sys.unraisablehook = hook
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with bad overrides turned into one line naming the key."""
-    from absl import flags
-
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).splitlines()[0])
-    except (AttributeError, KeyError) as e:  # ml_collections: an unknown config field
-        lines = str(e).strip("'\"").replace("\\n", "\n").replace("\\'", "'").splitlines()
-        key = lines[0].strip("'\" ")
-        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        flag = next((o for o in overrides if o.split(".")[-1] == key), f"--config.{key}")
-        hint = f" ({lines[1].strip()})" if len(lines) > 1 else ""
-        _fail(f"{flag}: the config has no field '{flag[len('--config.'):]}'{hint}")
-    return []
-
-
-class StopRequest:
-    """SIGINT/SIGTERM handler: the first asks training to checkpoint and stop, a second quits now."""
-
-    def __init__(self, log: Callable[[str], None]):
-        self.signum = None
-        self._log = log
-
-    def install(self) -> "StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            print("\nerror: interrupted again; quitting without saving", file=sys.stderr)
-            os._exit(128 + signum)
-        self.signum = signum
-        self._log(f"{signal.Signals(signum).name}: finishing the current step, then saving a "
-                  "checkpoint (interrupt again to quit at once)")
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-
 def main() -> None:
     global __doc__
-    __doc__ += _config_fields_help()
     from absl import app, flags
     from ml_collections import config_flags
+
+    from lstm_jax import cli
+
+    __doc__ += cli.config_fields_help()
 
     config_flag = config_flags.DEFINE_config_file(
         "config", None, "Config file (experiments/*.py); override fields with --config.<field>=<value>.",
@@ -583,34 +511,23 @@ def main() -> None:
     flags.mark_flag_as_required("config")
 
     def run(argv):
-        _cli_setup()
+        cli.setup()
         if len(argv) > 1:
-            _fail(f"unexpected arguments {argv[1:]}; options look like --config.<field>=<value>")
-        try:
-            config = config_flag.value
-            config.num_epochs  # a bad config path is only reported on first use
-        except (OSError, ImportError, AttributeError, SyntaxError) as e:
-            _fail(f"cannot load config file {flags.FLAGS['config'].config_filename}: {e}")
-        stem = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+            cli.fail(f"unexpected arguments {argv[1:]}; options look like --config.<field>=<value>")
+        config, stem = cli.load_config(config_flag)
         workdir = flags.FLAGS.workdir or os.path.join("runs", stem)
-        stop = StopRequest(_log).install()
+        stop = cli.StopRequest(cli.log).install()
         try:
             distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
                                    flags.FLAGS.process_id,  # before anything touches a device
                                    log=lambda m: print(m, file=sys.stderr, flush=True))
-            train_and_evaluate(config, workdir, log=_log, should_stop=stop)
+            train_and_evaluate(config, workdir, log=cli.log, should_stop=stop)
         except UserError as e:
-            _fail(str(e))
+            cli.fail(str(e))
         if stop.signum is not None:
             sys.exit(128 + stop.signum)
 
-    app.run(run, flags_parser=_parse_flags)
-
-
-def _log(message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(message)
+    app.run(run, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

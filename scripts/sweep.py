@@ -20,7 +20,7 @@ import sys
 
 from lstm_jax import sweep
 from lstm_jax.errors import UserError
-from lstm_jax.train import _fail, _log, _parse_flags  # one-line errors, as the training CLI
+from lstm_jax import cli  # one-line errors, as the training CLI
 
 
 def _numbers(name: str, values, kind):
@@ -31,9 +31,9 @@ def _numbers(name: str, values, kind):
         try:
             x = kind(v)
         except ValueError:
-            _fail(f"--{name}: {v!r} is not {'an integer' if kind is int else 'a number'}")
+            cli.fail(f"--{name}: {v!r} is not {'an integer' if kind is int else 'a number'}")
         if name in ("hidden", "lr") and not x > 0:
-            _fail(f"--{name}: values must be positive, got {v}")
+            cli.fail(f"--{name}: values must be positive, got {v}")
         out.append(x)
     return out
 
@@ -53,7 +53,7 @@ def _overrides(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    from absl import app, flags, logging
+    from absl import app, flags
     from ml_collections import config_flags
 
     config_flag = config_flags.DEFINE_config_file(
@@ -77,16 +77,11 @@ def main() -> None:
     FLAGS = flags.FLAGS
 
     def run(argv):
-        logging.set_verbosity(logging.WARNING)
+        cli.setup()
         if len(argv) > 1:
-            _fail(f"unexpected arguments {argv[1:]}; options look like --config.<field>=<value>")
-        try:
-            config = config_flag.value
-            config.num_epochs  # a bad config path is only reported on first use
-        except (OSError, ImportError, AttributeError, SyntaxError) as e:
-            _fail(f"cannot load config file {FLAGS['config'].config_filename}: {e}")
+            cli.fail(f"unexpected arguments {argv[1:]}; options look like --config.<field>=<value>")
+        config, stem = cli.load_config(config_flag)
         config_file = FLAGS["config"].config_filename
-        stem = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
         out = FLAGS.out or os.path.join("runs", f"sweep-{stem}")
         trials = sweep.grid_from_config(config, _numbers("hidden", FLAGS.hidden, int),
                                         _numbers("lr", FLAGS.lr, float), _numbers("seeds", FLAGS.seeds, int))
@@ -99,11 +94,11 @@ def main() -> None:
         try:
             summary = sweep.run_sweep(config, trials, out, vmap=FLAGS.vmap, jobs=FLAGS.jobs,
                                       group_size=FLAGS.group_size, retry_failed=FLAGS.retry_failed,
-                                      log=_log, config_file=config_file, overrides=_overrides(sys.argv[1:]))
+                                      log=cli.log, config_file=config_file, overrides=_overrides(sys.argv[1:]))
         except UserError as e:
-            _fail(str(e))
+            cli.fail(str(e))
         except KeyboardInterrupt:
-            _fail("interrupted; run the same command again to resume")
+            cli.fail("interrupted; run the same command again to resume")
         results = summary["results"]
         failed = [r for r in results if r["status"] != "ok"]
         print(f"\n{len(results)} trials ({summary['ran']} trained now in {summary['elapsed_s']:.1f} s, "
@@ -120,7 +115,7 @@ def main() -> None:
         print(f"outputs in {out}: results.csv, results.json, heatmap.png, curves.png, best.json")
 
     # absl's negative form of --vmap is --novmap; accept the spelling users type too.
-    app.run(run, flags_parser=lambda argv: _parse_flags(
+    app.run(run, flags_parser=lambda argv: cli.parse_flags(
         ["--novmap" if a == "--no-vmap" else a for a in argv]))
 
 
