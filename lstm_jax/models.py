@@ -15,12 +15,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import lstm
+from lstm_jax import fast_lstm, lstm
 from lstm_jax.errors import UserError
 from lstm_jax.lstm import LSTMState
 
 Params = Any
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The scratch model's two implementations of the same math: "fast" (hand-written
+# backward pass, lstm_jax/fast_lstm.py) and "reference" (autodiff of lstm.lstm_step).
+IMPLS = {"fast": fast_lstm.apply, "reference": lstm.apply}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +62,14 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype), tree)
 
 
-def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "float32") -> LanguageModel:
+def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "float32",
+               impl: str = "fast") -> LanguageModel:
     """Build a variant. Parameters stay float32; ``dtype`` is the compute dtype.
+
+    ``impl`` picks the scratch model's implementation: ``"fast"`` (default; a
+    hand-written backward pass, :mod:`lstm_jax.fast_lstm`) or ``"reference"``
+    (autodiff through :func:`lstm_jax.lstm.lstm_step`). Both compute the same
+    function and gradients; the concise variant ignores it.
 
     With ``bfloat16`` the matrix products and activations run in bfloat16 and the
     logits come back as float32, so loss and perplexity stay full precision.
@@ -69,6 +78,8 @@ def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "fl
     """
     if dtype not in DTYPES:
         raise UserError(f"config.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if impl not in IMPLS:
+        raise UserError(f"config.lstm_impl must be one of {sorted(IMPLS)}, got {impl!r}")
     low = DTYPES[dtype] if dtype != "float32" else None
     compute = (lambda tree: _cast(tree, low)) if low else (lambda tree: tree)
 
@@ -79,8 +90,10 @@ def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "fl
         def init(key):
             return lstm.init_params(key, vocab_size, num_hiddens)
 
+        scratch_apply = IMPLS[impl]
+
         def apply(params, state, tokens_BxT):
-            logits, state = lstm.apply(compute(params), compute(state), tokens_BxT)
+            logits, state = scratch_apply(compute(params), compute(state), tokens_BxT)
             return full(logits), state
 
     elif variant == "concise":
