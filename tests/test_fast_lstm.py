@@ -1,8 +1,11 @@
 """The fast path (hand-written backward pass) computes the reference's function and gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
@@ -11,7 +14,13 @@ from lstm_jax import fast_lstm, lstm, models
 from lstm_jax.lstm import LSTMState
 from lstm_jax.train import loss_fn
 
-V, H, B, T = 7, 6, 3, 5
+V, H, B, T = 7, 6, 4, 5
+
+
+@pytest.fixture(autouse=True)
+def two_lanes(monkeypatch):
+    """The batch in two lanes (as on a 2-core CPU at d2l's batch size), unless a test says otherwise."""
+    monkeypatch.setattr(fast_lstm, "default_lanes", lambda batch_size: 2 if batch_size % 2 == 0 else 1)
 
 
 def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False):
@@ -29,12 +38,14 @@ def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False):
     return params, state, tokens, targets
 
 
-def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0):
+def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0, lanes=None):
     """Training loss (optionally + a term on the final state) and its gradients in params and state."""
     model = models.make_model("scratch", V, H, impl=impl)
+    apply = model.apply if lanes is None else functools.partial(fast_lstm.apply, lanes=lanes)
 
     def loss(p, s):
-        l, new = loss_fn(model, p, s, tokens, targets)
+        logits, new = apply(p, s, tokens)
+        l = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
         return l + final_state_weight * (jnp.sum(new.h ** 2) + jnp.sum(jnp.sin(new.c)))
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, state)
@@ -51,14 +62,16 @@ def test_default_impl_is_fast():
                                   jax.jit(fast_lstm.apply)(params, state, tokens)[0])
 
 
-@pytest.mark.parametrize("fresh", [True, False])
-@pytest.mark.parametrize("final_state_weight", [0.0, 0.7])
-def test_same_loss_and_gradients_float64(fresh, final_state_weight):
-    # final_state_weight > 0 also checks the cotangents of the returned state.
+@pytest.mark.parametrize("fresh,final_state_weight,lanes", [
+    (True, 0.0, 2), (False, 0.0, 2), (True, 0.7, 1), (False, 0.7, 2), (False, 0.7, 4)])
+def test_same_loss_and_gradients_float64(fresh, final_state_weight, lanes):
+    # final_state_weight > 0 also checks the cotangents of the returned state;
+    # lanes = 4 runs each of the B = 4 rows as its own chain.
     with jax.enable_x64(True):
         inputs = random_inputs(1, jnp.float64, fresh=fresh)
         loss_r, grads_r = loss_and_grads("reference", *inputs, final_state_weight=final_state_weight)
-        loss_f, grads_f = loss_and_grads("fast", *inputs, final_state_weight=final_state_weight)
+        loss_f, grads_f = loss_and_grads("fast", *inputs, final_state_weight=final_state_weight,
+                                         lanes=lanes)
         assert loss_f.dtype == jnp.float64
         np.testing.assert_allclose(loss_f, loss_r, rtol=1e-12)
         assert_trees_close(grads_f, grads_r, rtol=1e-10, atol=1e-12)
@@ -98,10 +111,10 @@ def test_check_grads_float64():
 
 def test_check_grads_recurrence_float64():
     with jax.enable_x64(True):
-        k = jax.random.split(jax.random.key(5), 4)
-        xp = jax.random.normal(k[0], (T, B, 4 * H), jnp.float64)
-        W = 0.5 * jax.random.normal(k[1], (H, 4 * H), jnp.float64)
-        h0, c0 = (jax.random.normal(k[i], (B, H), jnp.float64) for i in (2, 3))
+        k = jax.random.split(jax.random.key(5), 8)
+        lanes = lambda shape, i: tuple(jax.random.normal(k[i + j], shape, jnp.float64) for j in range(2))
+        xp, h0, c0 = lanes((T, B // 2, 4 * H), 0), lanes((B // 2, H), 2), lanes((B // 2, H), 4)
+        W = 0.5 * jax.random.normal(k[6], (H, 4 * H), jnp.float64)
         check_grads(fast_lstm.recurrence, (xp, W, h0, c0), order=1, modes=("rev",))
 
 
