@@ -15,6 +15,7 @@ from lstm_jax.lstm import LSTMState
 from lstm_jax.train import loss_fn
 
 V, H, B, T = 7, 6, 4, 5
+default_lanes = fast_lstm.default_lanes  # before the fixture below replaces it
 
 
 @pytest.fixture(autouse=True)
@@ -187,6 +188,13 @@ def test_inside_shard_map():
     grads = jax.jit(sharded)(params, state, tokens, targets)
     _, (grads_r, _) = loss_and_grads("reference", params, state, tokens, targets)
     assert_trees_close(grads, grads_r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 32, 35, 256])
+def test_default_lanes_divide_the_batch(batch_size):
+    lanes = default_lanes(batch_size)
+    assert lanes >= 1 and batch_size % lanes == 0
+    assert lanes == 1 or batch_size // lanes >= 8  # never tiny lanes
 
 
 def test_config_selects_the_implementation():
