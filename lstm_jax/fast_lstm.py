@@ -1,18 +1,32 @@
 """The scratch LSTM's fast path: the same math as :mod:`lstm_jax.lstm`, with a
-hand-written backward pass (``jax.custom_vjp``).
+hand-written backward pass (``jax.custom_vjp``). ``models.make_model`` uses it
+for the scratch model unless ``impl="reference"`` (``config.lstm_impl``).
 
-Why a hand-written backward pass: reverse-mode autodiff of ``lax.scan`` makes
-every reverse time step accumulate the recurrent weight gradient with a small
-(K = batch) matrix product plus a full-size add, and multiply by the recurrent
-weights through a transposed operand. On XLA:CPU that doubles the cost of the
-backward pass. Here the reverse scan only carries ``(dh, dc)`` and emits each
-step's gate gradients; the weight gradient is then ONE
-``(H, T*B) x (T*B, 4H)`` product after the loop, as cuDNN and oneDNN do.
+What makes it fast on a CPU (each measured; README.md, "Performance"):
+
+- The backward pass. Reverse-mode autodiff of ``lax.scan`` makes every reverse
+  time step accumulate the recurrent weight gradient with a small (K = batch)
+  matrix product plus a full-size add. Here the reverse scan only carries
+  ``(dh, dc)`` and emits each step's gate gradients; the weight gradient is one
+  ``(H, T*B) x (T*B, 4H)`` product after the loop, as cuDNN and oneDNN do. What
+  the reverse step needs from the forward pass is prepared for all steps at
+  once, after the forward loop, so each reverse step is two small elementwise
+  updates and one product by the pre-transposed weights.
+- Lanes. XLA:CPU runs independent operations of a loop body on different
+  cores (once the body has more than 8 of them), but a single small matrix
+  product on one core only. The batch rows are split into one lane per core
+  (:func:`default_lanes`): independent chains through the whole sequence, in
+  one loop, forward and backward.
+- Lean loop bodies: all four gates from one ``(B, H) x (H, 4H)`` product and
+  one ``tanh`` over the (B, 4H) block, using ``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``
+  (an identity, not an approximation); the forward loop stores only h, c and
+  the gate activations.
 
 Layout: the four gates (d2l's order I, F, O, C~) are concatenated along the
-last axis, ``W_x: (V, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``. All four
-activations come from one ``tanh`` over the (B, 4H) block, using
-``sigmoid(x) = 1/2 + 1/2 tanh(x/2)`` (an identity, not an approximation).
+last axis, ``W_x: (V, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``.
+
+Reverse mode only: like any ``jax.custom_vjp``, it has no forward-mode
+derivative (``jax.jvp``, ``jax.jacfwd``); use ``impl="reference"`` for those.
 
 Shapes are in the names: B batch, T time steps, H hidden units, V vocabulary.
 """
