@@ -16,9 +16,10 @@ in the machine's load hits all of them alike. Warm-up rounds are not counted.
 Implementations (``--impls``; the torch ones only when torch is importable,
 ``pip install -e '.[torch]'``):
 
-  scratch            the scratch model as trained by default (lstm_impl="fast")
+  scratch            the scratch model as trained by default (the fast path)
   scratch_reference  the scratch model by autodiff of lstm.lstm_step (lstm_impl="reference")
-  concise            flax OptimizedLSTMCell under nn.RNN
+  concise            flax OptimizedLSTMCell under nn.RNN (as trained by default)
+  concise_fast       the concise model's flax parameters through the fast path (lstm_impl="fast")
   scratch_dp2        the scratch model, batch split over 2 host devices (XLA_FLAGS=
                      --xla_force_host_platform_device_count=2, shard_map data parallelism),
                      in a subprocess driven round by round
@@ -55,9 +56,9 @@ CONFIGS = {
     # Tiny: for the smoke test.
     "tiny": dict(batch_size=4, num_steps=5, num_hiddens=16, max_tokens=300),
 }
-JAX_IMPLS = ("scratch", "scratch_reference", "concise", "scratch_dp2")
+JAX_IMPLS = ("scratch", "scratch_reference", "concise", "concise_fast", "scratch_dp2")
 TORCH_IMPLS = ("torch", "torch_scratch")
-DEFAULT_IMPLS = ("scratch", "scratch_reference", "concise", "torch", "torch_scratch")
+DEFAULT_IMPLS = ("scratch", "scratch_reference", "concise", "concise_fast", "torch", "torch_scratch")
 
 
 def torch_available() -> bool:
@@ -75,8 +76,8 @@ def make_config(name: str, impl: str):
     spec = CONFIGS[name]
     c.batch_size, c.num_steps, c.num_hiddens = spec["batch_size"], spec["num_steps"], spec["num_hiddens"]
     c.data.max_tokens = spec["max_tokens"]
-    c.model = "concise" if impl == "concise" else "scratch"
-    c.lstm_impl = "reference" if impl == "scratch_reference" else "fast"
+    c.model = "concise" if impl.startswith("concise") else "scratch"
+    c.lstm_impl = {"scratch_reference": "reference", "concise": "reference"}.get(impl, "fast")
     return c
 
 

@@ -197,12 +197,31 @@ def test_default_lanes_divide_the_batch(batch_size):
     assert lanes == 1 or batch_size // lanes >= 8  # never tiny lanes
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_concise_fast_is_flax_concise(dtype):
+    # flax's parameters (tree, initializers) run through the fast path: same loss and gradients.
+    params, state, tokens, targets = random_inputs(9)
+    flax_params = models.scratch_to_concise(params)
+    out = {}
+    for impl in ("fast", "reference"):
+        model = models.make_model("concise", V, H, dtype, impl=impl)
+        grad = jax.value_and_grad(lambda p, s: loss_fn(model, p, s, tokens, targets)[0], argnums=(0, 1))
+        out[impl] = jax.jit(grad)(flax_params, state)
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == "float32" else dict(rtol=0.1, atol=0.05)
+    np.testing.assert_allclose(out["fast"][0], out["reference"][0], **tol)
+    assert jax.tree.structure(out["fast"][1]) == jax.tree.structure(out["reference"][1])
+    assert_trees_close(out["fast"][1], out["reference"][1], **tol)
+    fast = models.make_model("concise", V, H, impl="fast")
+    ref = models.make_model("concise", V, H)
+    jax.tree.map(np.testing.assert_array_equal, fast.init(jax.random.key(0)), ref.init(jax.random.key(0)))
+
+
 def test_config_selects_the_implementation():
     from lstm_jax import configs
     from lstm_jax.errors import UserError
 
     c = configs.get_base_config()
-    assert c.lstm_impl == "fast"
+    assert c.lstm_impl == "auto"
     c.lstm_impl = "slow"
     with pytest.raises(UserError, match="lstm_impl"):
         configs.validate(c)
