@@ -15,12 +15,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import lstm
+from lstm_jax import fast_lstm, lstm
 from lstm_jax.errors import UserError
 from lstm_jax.lstm import LSTMState
 
 Params = Any
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Two implementations of the same math: "fast" (hand-written backward pass,
+# lstm_jax/fast_lstm.py) and "reference" (the scratch model: autodiff of
+# lstm.lstm_step; the concise model: flax's OptimizedLSTMCell under nn.RNN).
+# "auto": fast for scratch, reference (flax's cell) for concise.
+IMPLS = ("auto", "fast", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +64,27 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype), tree)
 
 
-def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "float32") -> LanguageModel:
+def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "float32",
+               impl: str = "auto") -> LanguageModel:
     """Build a variant. Parameters stay float32; ``dtype`` is the compute dtype.
 
     With ``bfloat16`` the matrix products and activations run in bfloat16 and the
     logits come back as float32, so loss and perplexity stay full precision.
     With ``float32`` nothing is cast, so float64 parameters (gradient checks)
     flow through in float64.
+
+    ``impl`` picks how the LSTM layer is computed; all compute the same function
+    and gradients. ``"fast"``: a hand-written backward pass
+    (:mod:`lstm_jax.fast_lstm`); ``"reference"``: autodiff through
+    :func:`lstm_jax.lstm.lstm_step` (scratch) or flax's ``OptimizedLSTMCell``
+    under ``nn.RNN`` (concise); ``"auto"`` (default): fast for scratch,
+    flax's cell for concise. A concise model with ``"fast"`` keeps flax's
+    parameters (tree, initializers) and runs them through the fast path.
     """
     if dtype not in DTYPES:
         raise UserError(f"config.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if impl not in IMPLS:
+        raise UserError(f"config.lstm_impl must be one of {list(IMPLS)}, got {impl!r}")
     low = DTYPES[dtype] if dtype != "float32" else None
     compute = (lambda tree: _cast(tree, low)) if low else (lambda tree: tree)
 
@@ -79,8 +95,10 @@ def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "fl
         def init(key):
             return lstm.init_params(key, vocab_size, num_hiddens)
 
+        scratch_apply = lstm.apply if impl == "reference" else fast_lstm.apply
+
         def apply(params, state, tokens_BxT):
-            logits, state = lstm.apply(compute(params), compute(state), tokens_BxT)
+            logits, state = scratch_apply(compute(params), compute(state), tokens_BxT)
             return full(logits), state
 
     elif variant == "concise":
@@ -90,9 +108,15 @@ def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "fl
             zeros = jnp.zeros((1, num_hiddens))
             return module.init(key, LSTMState(zeros, zeros), jnp.zeros((1, 1), jnp.int32))
 
-        def apply(params, state, tokens_BxT):
-            logits, state = module.apply(params, compute(state), tokens_BxT)
-            return full(logits), state
+        if impl == "fast":
+            def apply(params, state, tokens_BxT):
+                scratch_params = concise_to_scratch(params)  # re-keyed, not copied
+                logits, state = fast_lstm.apply(compute(scratch_params), compute(state), tokens_BxT)
+                return full(logits), state
+        else:
+            def apply(params, state, tokens_BxT):
+                logits, state = module.apply(params, compute(state), tokens_BxT)
+                return full(logits), state
 
     else:
         raise UserError(f"config.model must be 'scratch' or 'concise', got {variant!r}")

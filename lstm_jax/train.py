@@ -163,7 +163,8 @@ class Experiment:
         data.check_enough(len(corpus.train), config.batch_size, config.num_steps, d.random_iter,
                           f"the training text of {path}")
         n = data.num_batches(len(corpus.train), config.batch_size, config.num_steps, d.random_iter)
-        model = make_model(config.model, len(corpus.vocab), config.num_hiddens, config.dtype)
+        model = make_model(config.model, len(corpus.vocab), config.num_hiddens, config.dtype,
+                           config.lstm_impl)
         optimizer = make_optimizer(config.learning_rate, config.grad_clip)
         return cls(config, corpus, model, optimizer, n)
 

@@ -1,0 +1,210 @@
+"""The scratch LSTM's fast path: the same math as :mod:`lstm_jax.lstm`, with a
+hand-written backward pass (``jax.custom_vjp``). ``models.make_model`` uses it
+for the scratch model unless ``impl="reference"`` (``config.lstm_impl``).
+
+What makes it fast on a CPU (each measured; README.md, "Performance"):
+
+- The backward pass. Reverse-mode autodiff of ``lax.scan`` makes every reverse
+  time step accumulate the recurrent weight gradient with a small (K = batch)
+  matrix product plus a full-size add. Here the reverse scan only carries
+  ``(dh, dc)`` and emits each step's gate gradients; the weight gradient is one
+  ``(H, T*B) x (T*B, 4H)`` product after the loop, as cuDNN and oneDNN do. What
+  the reverse step needs from the forward pass is prepared for all steps at
+  once, after the forward loop, so each reverse step is two small elementwise
+  updates and one product by the pre-transposed weights.
+- Lanes. XLA:CPU runs independent operations of a loop body on different
+  cores (once the body has more than 8 of them), but a single small matrix
+  product on one core only. The batch rows are split into one lane per core
+  (:func:`default_lanes`): independent chains through the whole sequence, in
+  one loop, forward and backward.
+- Lean loop bodies: all four gates from one ``(B, H) x (H, 4H)`` product and
+  one ``tanh`` over the (B, 4H) block, using ``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``
+  (an identity, not an approximation); the forward loop stores only h, c and
+  the gate activations.
+
+Layout: the four gates (d2l's order I, F, O, C~) are concatenated along the
+last axis, ``W_x: (V, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``.
+
+Reverse mode only: like any ``jax.custom_vjp``, it has no forward-mode
+derivative (``jax.jvp``, ``jax.jacfwd``); use ``impl="reference"`` for those.
+
+Shapes are in the names: B batch, T time steps, H hidden units, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from lstm_jax.lstm import GATES, LSTMState, Params
+
+
+def _gate_scale(num_hiddens: int, dtype) -> jax.Array:
+    """Per column: 1/2 for the three sigmoid gates, 1 for the tanh candidate."""
+    H = num_hiddens
+    return jnp.concatenate([jnp.full((3 * H,), 0.5, dtype), jnp.ones((H,), dtype)])
+
+
+def _split(a_Bx4H: jax.Array, H: int):
+    return a_Bx4H[:, :H], a_Bx4H[:, H:2 * H], a_Bx4H[:, 2 * H:3 * H], a_Bx4H[:, 3 * H:]
+
+
+def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
+    """The recurrence for each lane: hidden states, final states and (if ``save``) residuals.
+
+    The loop body is kept lean (one matrix product and a few fused elementwise
+    ops per lane); what the backward pass needs beyond the saved gate
+    activations and cells is computed afterwards, for all steps at once.
+    """
+    H = W_Hx4H.shape[0]
+    s = _gate_scale(H, W_Hx4H.dtype)
+
+    def lane_step(h, c, xp_Bx4H):
+        a = jnp.tanh((h @ W_Hx4H + xp_Bx4H) * s)  # one tanh for all four gates
+        I, F, O, C_tilde = _split(a * s + (1 - s), H)
+        c = F * c + I * C_tilde
+        h = O * jnp.tanh(c)
+        return (h, c), ((h, c, a) if save else h)
+
+    def step(carry, xp_t):
+        new = [lane_step(h, c, x) for (h, c), x in zip(carry, xp_t)]
+        return tuple(n[0] for n in new), tuple(n[1] for n in new)
+
+    final, outs = jax.lax.scan(step, tuple(zip(h_BxH, c_BxH)), xp_TxBx4H)
+    h_last, c_last = tuple(f[0] for f in final), tuple(f[1] for f in final)
+    if not save:
+        return outs, h_last, c_last, None
+    return tuple(o[0] for o in outs), h_last, c_last, tuple((o[1], o[2]) for o in outs)
+
+
+def _backward_factors(c0_BxH, c_TxBxH, a_TxBx4H):
+    """For all steps at once: what multiplies dc, dh in the backward step.
+
+    Returns ``M (T, B, 4H)``: d(pre-activation) = [dc, dc, dh, dc] * M for the
+    gates I, F, O, C~; ``R = dh/dc`` and ``F`` (dc_prev = dc * F), each (T, B, H).
+    """
+    H = c0_BxH.shape[-1]
+    s = _gate_scale(H, a_TxBx4H.dtype)
+    g = a_TxBx4H * s + (1 - s)
+    I, F, O, C_tilde = (g[..., k * H:(k + 1) * H] for k in range(4))
+    # d(gate)/d(pre-activation) = s^2 (1 - a^2): sigmoid via tanh, and tanh.
+    D = s * s * (1 - a_TxBx4H * a_TxBx4H)
+    c_prev = jnp.concatenate([c0_BxH[None], c_TxBxH[:-1]])
+    tc = jnp.tanh(c_TxBxH)
+    M = D * jnp.concatenate([C_tilde, c_prev, tc, I], axis=-1)
+    return M, O * (1 - tc * tc), F
+
+
+@jax.custom_vjp
+def recurrence(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
+    """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step).
+
+    The batch comes in lanes: ``xp``, ``h`` and ``c`` are tuples with one array
+    per lane (a slice of the batch rows). Lanes are independent chains of
+    operations in one loop, which XLA:CPU runs on different cores at once.
+    Returns ``(h_TxBxH, h_last, c_last)``, per lane; differentiable in all inputs.
+    """
+    h_TxBxH, h, c, _ = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=False)
+    return h_TxBxH, h, c
+
+
+def _recurrence_fwd(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
+    h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=True)
+    return (h_TxBxH, h, c), (W_Hx4H, h_BxH, c_BxH, h_TxBxH, saved)
+
+
+def _recurrence_bwd(residuals, cotangents):
+    W_Hx4H, h0, c0, h_TxBxH, saved = residuals
+    dh_TxBxH, dh_last, dc_last = cotangents
+    H = W_Hx4H.shape[0]
+    # Transposed once, outside the loop: each step then multiplies by a
+    # row-major (4H, H) operand instead of a transposed view of W.
+    W_4HxH = jnp.transpose(W_Hx4H)
+
+    def lane_step(dh, dc, dh_out, M, R, F):
+        dh = dh + dh_out
+        dc = dc + dh * R
+        dz_Bx4H = jnp.concatenate([dc, dc, dh, dc], axis=-1) * M  # gates I, F, O, C~
+        return (dz_Bx4H @ W_4HxH, dc * F), dz_Bx4H
+
+    def step(carry, xs):
+        new = [lane_step(dh, dc, *x) for (dh, dc), x in zip(carry, xs)]
+        return tuple(n[0] for n in new), tuple(n[1] for n in new)
+
+    xs = tuple((dh_l, *_backward_factors(c0_l, c_l, a_l))
+               for dh_l, c0_l, (c_l, a_l) in zip(dh_TxBxH, c0, saved))
+    d0, dz_TxBx4H = jax.lax.scan(step, tuple(zip(dh_last, dc_last)), xs, reverse=True)
+    # The recurrent weight gradient for all steps at once: sum_t h_{t-1}^T dz_t
+    # (one product per lane; the lanes' products run side by side).
+    dW_Hx4H = None
+    for h0_l, h_l, dz_l in zip(h0, h_TxBxH, dz_TxBx4H):
+        h_prev = jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H)
+        dW_l = jnp.dot(h_prev.T, dz_l.reshape(-1, 4 * H), preferred_element_type=W_Hx4H.dtype)
+        dW_Hx4H = dW_l if dW_Hx4H is None else dW_Hx4H + dW_l
+    return dz_TxBx4H, dW_Hx4H, tuple(d[0] for d in d0), tuple(d[1] for d in d0)
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def default_lanes(batch_size: int) -> int:
+    """Lanes for a batch: one per CPU core on the CPU backend, at least 8 rows each; else 1."""
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    lanes = max(1, min(cores, batch_size // 8))
+    while batch_size % lanes:
+        lanes -= 1
+    return lanes
+
+
+def _same_vma(tree):
+    """Inside ``shard_map``: give every input the union of their varying mesh axes.
+
+    A custom VJP must return each cotangent with its input's type. The weights
+    are replicated (invariant) while their gradient, computed from this
+    device's rows, varies across devices; casting them to varying *before* the
+    custom VJP leaves the cross-device sum to autodiff of the cast (a psum),
+    as for any other use of replicated weights. Outside shard_map: a no-op.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    varying = [_varying_axes(a) for a in leaves]
+    union = frozenset().union(*varying)
+    return jax.tree.unflatten(treedef, [
+        a if v == union else jax.lax.pcast(a, tuple(sorted(union - v)), to="varying")
+        for a, v in zip(leaves, varying)])
+
+
+def _varying_axes(a) -> frozenset:
+    aval = jax.typeof(a)
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10
+    return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+
+
+def stacked(params: Params) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """d2l's per-gate arrays as ``W_x (V, 4H)``, ``W_h (H, 4H)``, ``b (4H,)``, gates I, F, O, C~."""
+    cat = lambda prefix: jnp.concatenate([params[f"{prefix}{g}"] for g in GATES], axis=-1)
+    return cat("W_x"), cat("W_h"), cat("b_")
+
+
+def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, lanes: int | None = None
+          ) -> tuple[jax.Array, LSTMState]:
+    """Logits (B, T, V) and the final state, as :func:`lstm_jax.lstm.apply`.
+
+    ``lanes`` (default :func:`default_lanes`) splits the batch rows into
+    independent chains; it changes the schedule, not the result.
+    """
+    B = tokens_BxT.shape[0]
+    lanes = default_lanes(B) if lanes is None else lanes
+    if B % lanes:
+        raise ValueError(f"lanes={lanes} does not divide the batch size {B}")
+    W_x, W_h, b = stacked(params)
+    split = lambda a: tuple(jnp.split(a, lanes, axis=0))
+    # Row lookup instead of a one-hot product (same math), bias folded in, all steps at once.
+    xp = tuple(jnp.take(W_x, t.T, axis=0) + b for t in split(tokens_BxT))
+    h_TxBxH, h, c = recurrence(*_same_vma((xp, W_h, split(state.h), split(state.c))))
+    logits = [jnp.transpose(h_l @ params["W_hq"] + params["b_q"], (1, 0, 2)) for h_l in h_TxBxH]
+    cat = lambda parts: jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    return cat(logits), LSTMState(cat(h), cat(c))

@@ -1,0 +1,229 @@
+"""The fast path (hand-written backward pass) computes the reference's function and gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
+
+from lstm_jax import fast_lstm, lstm, models
+from lstm_jax.lstm import LSTMState
+from lstm_jax.train import loss_fn
+
+V, H, B, T = 7, 6, 4, 5
+default_lanes = fast_lstm.default_lanes  # before the fixture below replaces it
+
+
+@pytest.fixture(autouse=True)
+def two_lanes(monkeypatch):
+    """The batch in two lanes (as on a 2-core CPU at d2l's batch size), unless a test says otherwise."""
+    monkeypatch.setattr(fast_lstm, "default_lanes", lambda batch_size: 2 if batch_size % 2 == 0 else 1)
+
+
+def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False):
+    """Weights large enough that the gates are far from linear; a zero or random state."""
+    k = jax.random.split(jax.random.key(seed), 6)
+    shapes = jax.eval_shape(lambda key: lstm.init_params(key, V, H), k[0])
+    params = {n: scale * jax.random.normal(jax.random.fold_in(k[1], i), s.shape, dtype)
+              for i, (n, s) in enumerate(shapes.items())}
+    if fresh:
+        state = LSTMState(jnp.zeros((B, H), dtype), jnp.zeros((B, H), dtype))
+    else:
+        state = LSTMState(jax.random.normal(k[2], (B, H), dtype), jax.random.normal(k[3], (B, H), dtype))
+    tokens = jax.random.randint(k[4], (B, T), 0, V)
+    targets = jax.random.randint(k[5], (B, T), 0, V)
+    return params, state, tokens, targets
+
+
+def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0, lanes=None):
+    """Training loss (optionally + a term on the final state) and its gradients in params and state."""
+    model = models.make_model("scratch", V, H, impl=impl)
+    apply = model.apply if lanes is None else functools.partial(fast_lstm.apply, lanes=lanes)
+
+    def loss(p, s):
+        logits, new = apply(p, s, tokens)
+        l = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+        return l + final_state_weight * (jnp.sum(new.h ** 2) + jnp.sum(jnp.sin(new.c)))
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, state)
+
+
+def assert_trees_close(a, b, rtol, atol):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def test_default_impl_is_fast():
+    params, state, tokens, _ = random_inputs(0)
+    fast = models.make_model("scratch", V, H)
+    np.testing.assert_array_equal(jax.jit(fast.apply)(params, state, tokens)[0],
+                                  jax.jit(fast_lstm.apply)(params, state, tokens)[0])
+
+
+@pytest.mark.parametrize("fresh,final_state_weight,lanes", [
+    (True, 0.0, 2), (False, 0.0, 2), (True, 0.7, 1), (False, 0.7, 2), (False, 0.7, 4)])
+def test_same_loss_and_gradients_float64(fresh, final_state_weight, lanes):
+    # final_state_weight > 0 also checks the cotangents of the returned state;
+    # lanes = 4 runs each of the B = 4 rows as its own chain.
+    with jax.enable_x64(True):
+        inputs = random_inputs(1, jnp.float64, fresh=fresh)
+        loss_r, grads_r = loss_and_grads("reference", *inputs, final_state_weight=final_state_weight)
+        loss_f, grads_f = loss_and_grads("fast", *inputs, final_state_weight=final_state_weight,
+                                         lanes=lanes)
+        assert loss_f.dtype == jnp.float64
+        np.testing.assert_allclose(loss_f, loss_r, rtol=1e-12)
+        assert_trees_close(grads_f, grads_r, rtol=1e-10, atol=1e-12)
+        if fresh:
+            assert float(jnp.abs(grads_f[1].h).max()) > 0  # the state gradient is not trivially zero
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_same_loss_and_gradients_float32(fresh):
+    inputs = random_inputs(2, fresh=fresh)
+    loss_r, grads_r = loss_and_grads("reference", *inputs, final_state_weight=0.3)
+    loss_f, grads_f = loss_and_grads("fast", *inputs, final_state_weight=0.3)
+    np.testing.assert_allclose(loss_f, loss_r, rtol=1e-6)
+    assert_trees_close(grads_f, grads_r, rtol=1e-4, atol=1e-6)
+
+
+def test_same_outputs_and_final_state():
+    params, state, tokens, _ = random_inputs(3)
+    ref_logits, ref_state = lstm.apply(params, state, tokens)
+    logits, new_state = fast_lstm.apply(params, state, tokens)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    assert_trees_close(new_state, ref_state, rtol=1e-5, atol=1e-6)
+
+
+def test_check_grads_float64():
+    with jax.enable_x64(True):
+        params, state, tokens, targets = random_inputs(4, jnp.float64)
+        model = models.make_model("scratch", V, H, impl="fast")
+
+        def loss(p, h, c):
+            l, new = loss_fn(model, p, LSTMState(h, c), tokens, targets)
+            return l + 0.5 * jnp.sum(new.h * new.c)
+
+        # Reverse mode is the hand-written rule (against numerical differences).
+        check_grads(loss, (params, state.h, state.c), order=1, modes=("rev",))
+
+
+def test_check_grads_recurrence_float64():
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.key(5), 8)
+        lanes = lambda shape, i: tuple(jax.random.normal(k[i + j], shape, jnp.float64) for j in range(2))
+        xp, h0, c0 = lanes((T, B // 2, 4 * H), 0), lanes((B // 2, H), 2), lanes((B // 2, H), 4)
+        W = 0.5 * jax.random.normal(k[6], (H, 4 * H), jnp.float64)
+        check_grads(fast_lstm.recurrence, (xp, W, h0, c0), order=1, modes=("rev",))
+
+
+def test_one_time_step():
+    # Prediction runs the model one token at a time.
+    params, state, tokens, targets = random_inputs(6)
+    loss_r, grads_r = loss_and_grads("reference", params, state, tokens[:, :1], targets[:, :1])
+    loss_f, grads_f = loss_and_grads("fast", params, state, tokens[:, :1], targets[:, :1])
+    np.testing.assert_allclose(loss_f, loss_r, rtol=1e-6)
+    assert_trees_close(grads_f, grads_r, rtol=1e-4, atol=1e-6)
+
+
+def test_vmap_over_trials():
+    # A sweep vmaps the train step over trials: per-trial weights, states and data.
+    trials = [random_inputs(10 + i) for i in range(3)]
+    batched = [jax.tree.map(lambda *xs: jnp.stack(xs), *[t[i] for t in trials]) for i in range(4)]
+    out = {}
+    for impl in ("fast", "reference"):
+        model = models.make_model("scratch", V, H, impl=impl)
+        grad = jax.value_and_grad(lambda p, s, x, y: loss_fn(model, p, s, x, y)[0], argnums=(0, 1))
+        out[impl] = jax.jit(jax.vmap(grad))(*batched)
+    np.testing.assert_allclose(out["fast"][0], out["reference"][0], rtol=1e-6)
+    assert_trees_close(out["fast"][1], out["reference"][1], rtol=1e-4, atol=1e-6)
+    # and each trial's result is what it gets on its own
+    loss_0, grads_0 = loss_and_grads("fast", *trials[0])
+    np.testing.assert_allclose(out["fast"][0][0], loss_0, rtol=1e-6)
+    assert_trees_close(jax.tree.map(lambda a: a[0], out["fast"][1]), grads_0, rtol=1e-5, atol=1e-7)
+
+
+def test_vmap_with_shared_weights():
+    # Only the data batched (the weights broadcast): the weight gradient sums over the batch.
+    params, state, _, _ = random_inputs(20)
+    tokens = jax.random.randint(jax.random.key(21), (2, B, T), 0, V)
+    targets = jax.random.randint(jax.random.key(22), (2, B, T), 0, V)
+
+    grads = {}
+    for impl in ("fast", "reference"):
+        model = models.make_model("scratch", V, H, impl=impl)
+        f = lambda p, model=model: jax.vmap(lambda x, y: loss_fn(model, p, state, x, y)[0])(tokens, targets).sum()
+        grads[impl] = jax.jit(jax.grad(f))(params)
+    assert_trees_close(grads["fast"], grads["reference"], rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_compute_matches_reference():
+    params, state, tokens, targets = random_inputs(7)
+    out = {}
+    for impl in ("fast", "reference"):
+        model = models.make_model("scratch", V, H, "bfloat16", impl=impl)
+        grad = jax.value_and_grad(lambda p, s: loss_fn(model, p, s, tokens, targets)[0], argnums=(0, 1))
+        out[impl] = jax.jit(grad)(params, state)
+    (loss_f, (gp_f, gs_f)), (loss_r, (gp_r, gs_r)) = out["fast"], out["reference"]
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(gp_f))  # params stay float32
+    np.testing.assert_allclose(loss_f, loss_r, rtol=2e-2)
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(gp_r))
+    assert_trees_close(gp_f, gp_r, rtol=0, atol=0.05 * scale)
+
+
+def test_inside_shard_map():
+    # Data parallelism: the batch split over a mesh axis, the weights replicated.
+    # The custom VJP must give replicated weights the summed (invariant) gradient.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    params, state, tokens, targets = random_inputs(8)
+    model = models.make_model("scratch", V, H, impl="fast")
+
+    def local_grads(p, s, x, y):
+        return jax.grad(lambda p: loss_fn(model, p, s, x, y)[0])(p)
+
+    sharded = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P("data"), P("data"), P("data")),
+                            out_specs=P())
+    grads = jax.jit(sharded)(params, state, tokens, targets)
+    _, (grads_r, _) = loss_and_grads("reference", params, state, tokens, targets)
+    assert_trees_close(grads, grads_r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 32, 35, 256])
+def test_default_lanes_divide_the_batch(batch_size):
+    lanes = default_lanes(batch_size)
+    assert lanes >= 1 and batch_size % lanes == 0
+    assert lanes == 1 or batch_size // lanes >= 8  # never tiny lanes
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_concise_fast_is_flax_concise(dtype):
+    # flax's parameters (tree, initializers) run through the fast path: same loss and gradients.
+    params, state, tokens, targets = random_inputs(9)
+    flax_params = models.scratch_to_concise(params)
+    out = {}
+    for impl in ("fast", "reference"):
+        model = models.make_model("concise", V, H, dtype, impl=impl)
+        grad = jax.value_and_grad(lambda p, s: loss_fn(model, p, s, tokens, targets)[0], argnums=(0, 1))
+        out[impl] = jax.jit(grad)(flax_params, state)
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == "float32" else dict(rtol=0.1, atol=0.05)
+    np.testing.assert_allclose(out["fast"][0], out["reference"][0], **tol)
+    assert jax.tree.structure(out["fast"][1]) == jax.tree.structure(out["reference"][1])
+    assert_trees_close(out["fast"][1], out["reference"][1], **tol)
+    fast = models.make_model("concise", V, H, impl="fast")
+    ref = models.make_model("concise", V, H)
+    jax.tree.map(np.testing.assert_array_equal, fast.init(jax.random.key(0)), ref.init(jax.random.key(0)))
+
+
+def test_config_selects_the_implementation():
+    from lstm_jax import configs
+    from lstm_jax.errors import UserError
+
+    c = configs.get_base_config()
+    assert c.lstm_impl == "auto"
+    c.lstm_impl = "slow"
+    with pytest.raises(UserError, match="lstm_impl"):
+        configs.validate(c)
+    with pytest.raises(UserError, match="lstm_impl"):
+        models.make_model("scratch", V, H, impl="slow")
