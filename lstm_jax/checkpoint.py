@@ -38,7 +38,8 @@ ITEMS = ("state", "meta", "config", "vocab")
 # Fields that may change between a run and its resumption: they change what
 # is logged or how long it runs, never what one update computes.
 SAFE_TO_CHANGE = frozenset({"num_epochs", "log_every", "checkpoint_every", "max_to_keep",
-                            "prefixes", "num_preds", "batches_per_call", "overwrite"})
+                            "prefixes", "num_preds", "batches_per_call", "overwrite",
+                            "lstm_impl"})  # same parameters and function either way
 
 
 class Restored(NamedTuple):

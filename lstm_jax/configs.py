@@ -19,7 +19,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model = "scratch"  # 'scratch' (pure functions) or 'concise' (flax OptimizedLSTMCell)
     c.num_hiddens = 256
     c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
-    c.lstm_impl = "auto"  # 'fast' (hand-written backward), 'reference' or 'auto' (README)
+    c.lstm_impl = "fast"  # 'fast' (hand-written backward) or 'reference' (autodiff / flax's cell); README
 
     c.data = ml_collections.ConfigDict()
     c.data.path = config_dict.placeholder(str)  # a UTF-8 text file; unset = built-in Time Machine
@@ -63,8 +63,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"config.model must be 'scratch' or 'concise', got {config.model!r}")
     if config.dtype not in ("float32", "bfloat16"):
         raise UserError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-    if config.lstm_impl not in ("auto", "fast", "reference"):
-        raise UserError(f"config.lstm_impl must be 'auto', 'fast' or 'reference', got {config.lstm_impl!r}")
+    if config.lstm_impl not in ("fast", "reference"):
+        raise UserError(f"config.lstm_impl must be 'fast' or 'reference', got {config.lstm_impl!r}")
     if config.data.token not in ("char", "word"):
         raise UserError(f"config.data.token must be 'char' or 'word', got {config.data.token!r}")
     if config.learning_rate <= 0 or config.grad_clip <= 0:

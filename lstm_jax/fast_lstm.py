@@ -1,6 +1,7 @@
-"""The scratch LSTM's fast path: the same math as :mod:`lstm_jax.lstm`, with a
+"""The LSTM's fast path: the same math as :mod:`lstm_jax.lstm`, with a
 hand-written backward pass (``jax.custom_vjp``). ``models.make_model`` uses it
-for the scratch model unless ``impl="reference"`` (``config.lstm_impl``).
+for both variants unless ``impl="reference"`` (``config.lstm_impl``); the
+concise model's flax parameters come here re-keyed.
 
 What makes it fast on a CPU (each measured; README.md, "Performance"):
 
@@ -17,6 +18,8 @@ What makes it fast on a CPU (each measured; README.md, "Performance"):
   product on one core only. The batch rows are split into one lane per core
   (:func:`default_lanes`): independent chains through the whole sequence, in
   one loop, forward and backward.
+- Five time steps per loop iteration (:func:`time_unroll`): inside one
+  iteration a lane can run ahead of the other; iterations are barriers.
 - Lean loop bodies: all four gates from one ``(B, H) x (H, 4H)`` product and
   one ``tanh`` over the (B, 4H) block, using ``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``
   (an identity, not an approximation); the forward loop stores only h, c and

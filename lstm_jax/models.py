@@ -21,11 +21,11 @@ from lstm_jax.lstm import LSTMState
 
 Params = Any
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Two implementations of the same math: "fast" (hand-written backward pass,
-# lstm_jax/fast_lstm.py) and "reference" (the scratch model: autodiff of
-# lstm.lstm_step; the concise model: flax's OptimizedLSTMCell under nn.RNN).
-# "auto": fast for scratch, reference (flax's cell) for concise.
-IMPLS = ("auto", "fast", "reference")
+# Two implementations of the same math, for either variant: "fast" (the
+# default: hand-written backward pass, lstm_jax/fast_lstm.py) and "reference"
+# (scratch: autodiff of lstm.lstm_step; concise: flax's OptimizedLSTMCell under
+# nn.RNN). Same parameters, function and gradients (tests/test_fast_lstm.py).
+IMPLS = ("fast", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ def _cast(tree, dtype):
 
 
 def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "float32",
-               impl: str = "auto") -> LanguageModel:
+               impl: str = "fast") -> LanguageModel:
     """Build a variant. Parameters stay float32; ``dtype`` is the compute dtype.
 
     With ``bfloat16`` the matrix products and activations run in bfloat16 and the
@@ -73,13 +73,13 @@ def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "fl
     With ``float32`` nothing is cast, so float64 parameters (gradient checks)
     flow through in float64.
 
-    ``impl`` picks how the LSTM layer is computed; all compute the same function
-    and gradients. ``"fast"``: a hand-written backward pass
-    (:mod:`lstm_jax.fast_lstm`); ``"reference"``: autodiff through
-    :func:`lstm_jax.lstm.lstm_step` (scratch) or flax's ``OptimizedLSTMCell``
-    under ``nn.RNN`` (concise); ``"auto"`` (default): fast for scratch,
-    flax's cell for concise. A concise model with ``"fast"`` keeps flax's
-    parameters (tree, initializers) and runs them through the fast path.
+    ``impl`` picks how the LSTM layer is computed; both compute the same
+    function and gradients from the same parameters. ``"fast"`` (default): a
+    hand-written backward pass (:mod:`lstm_jax.fast_lstm`); ``"reference"``:
+    autodiff through :func:`lstm_jax.lstm.lstm_step` (scratch) or flax's
+    ``OptimizedLSTMCell`` under ``nn.RNN`` (concise). The concise model's
+    parameters are always flax's (the cell's tree and initializers); ``"fast"``
+    runs them through the fast path, re-keyed, not copied.
     """
     if dtype not in DTYPES:
         raise UserError(f"config.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -110,7 +110,7 @@ def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "fl
 
         if impl == "fast":
             def apply(params, state, tokens_BxT):
-                scratch_params = concise_to_scratch(params)  # re-keyed, not copied
+                scratch_params = concise_to_scratch(params)
                 logits, state = fast_lstm.apply(compute(scratch_params), compute(state), tokens_BxT)
                 return full(logits), state
         else:

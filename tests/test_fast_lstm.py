@@ -211,8 +211,8 @@ def test_concise_fast_is_flax_concise(dtype):
     np.testing.assert_allclose(out["fast"][0], out["reference"][0], **tol)
     assert jax.tree.structure(out["fast"][1]) == jax.tree.structure(out["reference"][1])
     assert_trees_close(out["fast"][1], out["reference"][1], **tol)
-    fast = models.make_model("concise", V, H, impl="fast")
-    ref = models.make_model("concise", V, H)
+    fast = models.make_model("concise", V, H)
+    ref = models.make_model("concise", V, H, impl="reference")
     jax.tree.map(np.testing.assert_array_equal, fast.init(jax.random.key(0)), ref.init(jax.random.key(0)))
 
 
@@ -221,7 +221,7 @@ def test_config_selects_the_implementation():
     from lstm_jax.errors import UserError
 
     c = configs.get_base_config()
-    assert c.lstm_impl == "auto"
+    assert c.lstm_impl == "fast"
     c.lstm_impl = "slow"
     with pytest.raises(UserError, match="lstm_impl"):
         configs.validate(c)

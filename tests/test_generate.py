@@ -23,15 +23,16 @@ def d2l_predict_ch8(model, params, vocab, prefix, num_preds):
     return "".join(vocab.to_tokens(outputs))
 
 
-@pytest.fixture(params=["scratch", "concise"])
+@pytest.fixture(params=["scratch", "concise", "concise:reference"])
 def model_and_params(request):
-    model = models.make_model(request.param, len(VOCAB), 16)
+    variant, _, impl = request.param.partition(":")
+    model = models.make_model(variant, len(VOCAB), 16, impl=impl or "fast")
     # Larger random weights than the init, so the continuation is not constant;
     # the same weights for both variants.
     scratch = models.make_model("scratch", len(VOCAB), 16).init(jax.random.key(0))
     keys = jax.random.split(jax.random.key(1), len(scratch))
     params = {n: 1.2 * jax.random.normal(k, a.shape) for k, (n, a) in zip(keys, scratch.items())}
-    if request.param == "concise":
+    if variant == "concise":
         params = models.scratch_to_concise(params)
     return model, params
 
