@@ -160,8 +160,8 @@ def time_unroll(num_steps: int) -> int:
     Within one iteration XLA:CPU's executor lets a lane start its next step
     while the other lane finishes the current one; the iteration boundary
     waits for all. 5 steps per iteration measured fastest at d2l's size
-    (7% over 1; 2-4 and 10 were slower, 35 compiled in 4.4 s). A divisor, so
-    no remainder steps are compiled separately.
+    (+3-8% over 1; 2 gave +1%, 3 and 4 lost 6%, 35 compiled in 4.4 s). A
+    divisor, so no remainder steps are compiled separately.
     """
     return max(u for u in range(1, 6) if num_steps % u == 0)
 
