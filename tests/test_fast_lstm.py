@@ -171,6 +171,8 @@ def test_bfloat16_compute_matches_reference():
     np.testing.assert_allclose(loss_f, loss_r, rtol=2e-2)
     scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(gp_r))
     assert_trees_close(gp_f, gp_r, rtol=0, atol=0.05 * scale)
+    scale_s = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(gs_r))
+    assert_trees_close(gs_f, gs_r, rtol=0, atol=0.05 * scale_s)  # gradients for the carried state
 
 
 def test_inside_shard_map():
