@@ -63,11 +63,14 @@ def test_default_impl_is_fast():
                                   jax.jit(fast_lstm.apply)(params, state, tokens)[0])
 
 
-@pytest.mark.parametrize("fresh,final_state_weight,lanes", [
-    (True, 0.0, 2), (False, 0.0, 2), (True, 0.7, 1), (False, 0.7, 2), (False, 0.7, 4)])
-def test_same_loss_and_gradients_float64(fresh, final_state_weight, lanes):
+@pytest.mark.parametrize("fresh,final_state_weight,lanes,transposed_h", [
+    (True, 0.0, 2, True), (False, 0.0, 2, True), (True, 0.7, 1, True), (False, 0.7, 2, True),
+    (False, 0.7, 4, True), (False, 0.7, 2, False), (True, 0.7, 1, False)])
+def test_same_loss_and_gradients_float64(fresh, final_state_weight, lanes, transposed_h, monkeypatch):
     # final_state_weight > 0 also checks the cotangents of the returned state;
-    # lanes = 4 runs each of the B = 4 rows as its own chain.
+    # lanes = 4 runs each of the B = 4 rows as its own chain. transposed_h: both ways
+    # of forming the weight gradient (the fast path picks one by rows per lane).
+    monkeypatch.setattr(fast_lstm, "_stores_transposed_h", lambda lane_rows: transposed_h)
     with jax.enable_x64(True):
         inputs = random_inputs(1, jnp.float64, fresh=fresh)
         loss_r, grads_r = loss_and_grads("reference", *inputs, final_state_weight=final_state_weight)
