@@ -45,8 +45,10 @@ def load_checkpoint(workdir: str, step: int | None = None
         _, saved, vocab = ckpts.restore_json(step)
         try:
             config = ml_collections.ConfigDict(saved)
-            model = make_model(config.model, len(vocab), config.num_hiddens, config.dtype,
-                               config.lstm_impl)
+            impl = config.get("lstm_impl", "fast")
+            if impl == "auto":  # written before 'auto' was retired: it meant this
+                impl = "fast" if config.model == "scratch" else "reference"
+            model = make_model(config.model, len(vocab), config.num_hiddens, config.dtype, impl)
             optimizer = train.make_optimizer(config.learning_rate, config.grad_clip)
             abstract = train.abstract_arrays(model, optimizer, config.batch_size)
         except (AttributeError, KeyError, TypeError) as e:

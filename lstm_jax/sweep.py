@@ -400,7 +400,8 @@ def check_sweep_dir(out: str, config: ml_collections.ConfigDict) -> None:
     """Refuse to mix trials of different base configs in one directory.
 
     The first run writes ``sweep_config.json``; a rerun (resume) must have the
-    same config apart from the grid fields, else it is an error naming a field.
+    same config apart from the grid fields and lstm_impl, else it is an error
+    naming a field.
     """
     mine = json.loads(base_config(config).to_json(sort_keys=True))
     for name in GRID_FIELDS:
@@ -409,8 +410,10 @@ def check_sweep_dir(out: str, config: ml_collections.ConfigDict) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             theirs = json.load(f)
-        if theirs != mine:
-            diff = _first_difference(theirs, mine)
+        # lstm_impl may change, as for checkpoints: the same function either way.
+        theirs, ours = ({k: v for k, v in c.items() if k != "lstm_impl"} for c in (theirs, mine))
+        if theirs != ours:
+            diff = _first_difference(theirs, ours)
             raise UserError(f"{out} holds a sweep of a different config ({diff}); "
                             "use another --out, or the same config to resume it")
         return

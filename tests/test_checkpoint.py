@@ -258,3 +258,19 @@ def test_predict_damaged_checkpoints(trained, tmp_path, damage, expected):
     copy, step = corrupt_copy(trained[0], tmp_path, damage)
     line = bad(copy)
     assert expected in line and f"{copy}/checkpoints/{step}" in line
+
+
+def test_predict_reads_checkpoints_of_the_previous_version(trained, tmp_path):
+    # Before lstm_impl became 'fast' | 'reference', configs were saved with 'auto'.
+    def old_config(step_dir):
+        path = step_dir / "config" / "metadata"
+        saved = json.loads(path.read_text())
+        saved["lstm_impl"] = "auto"
+        path.write_text(json.dumps(saved))
+
+    copy, _ = corrupt_copy(trained[0], tmp_path, old_config)
+    args = ("--prefix", "time traveller", "--num_chars", "30")
+    old = run_cli("-m", "lstm_jax.predict", f"--workdir={copy}", *args)
+    new = run_cli("-m", "lstm_jax.predict", f"--workdir={trained[0]}", *args)
+    assert old.returncode == 0 and new.returncode == 0, old.stderr
+    assert old.stdout == new.stdout  # the same function: flax's cell ('auto' for concise) or the fast path

@@ -134,6 +134,8 @@ def test_sweep_resumes_records_failures_and_writes_outputs(tiny_config, tmp_path
     # Failed trials are kept unless asked to retry; a different base config is refused.
     assert sweep.run_sweep(c, more, out, **quiet)["ran"] == 0
     assert sweep.run_sweep(c, more, out, retry_failed=True, **quiet)["ran"] == 4
+    c.lstm_impl = "reference"  # the same function computed another way: not a different config
+    assert sweep.run_sweep(c, more, out, **quiet)["ran"] == 0
     c.num_epochs = 3
     with pytest.raises(UserError, match=r"different config \(config.num_epochs was 2, now 3\)"):
         sweep.run_sweep(c, more, out, **quiet)
