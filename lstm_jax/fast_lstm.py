@@ -60,33 +60,63 @@ def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
 
     The loop body is kept lean (one matrix product and a few fused elementwise
     ops per lane); what the backward pass needs beyond the saved gate
-    activations and cells is computed afterwards, for all steps at once. It
-    also stores each step's h transposed, (H, B): the weight gradient's left
-    operand, which costs a small transpose per step instead of a slow one of
-    the whole (T*B, H) block after the loop.
+    activations and cells is computed afterwards, for all steps at once.
+
+    With ``save``, each lane's gate activations overwrite its input
+    projections, block by block, in the same buffer (a ``lax.scan`` output
+    would be a new, zero-filled one). It also stores each step's h transposed,
+    (H, B): the weight gradient's left operand, which costs a small transpose
+    per step instead of a slow one of the whole (T*B, H) block after the loop.
     """
     H = W_Hx4H.shape[0]
     s = _gate_scale(H, W_Hx4H.dtype)
+    T = xp_TxBx4H[0].shape[0]
+    U = time_unroll(T)
 
     def lane_step(h, c, xp_Bx4H):
         a = jnp.tanh((h @ W_Hx4H + xp_Bx4H) * s)  # one tanh for all four gates
         I, F, O, C_tilde = _split(a * s + (1 - s), H)
         c = F * c + I * C_tilde
-        h = O * jnp.tanh(c)
-        if not save:
-            return (h, c), h
-        return (h, c), (h, c, a, h.T if _stores_transposed_h(h.shape[0]) else None)
+        return O * jnp.tanh(c), c, a
 
-    def step(carry, xp_t):
-        new = [lane_step(h, c, x) for (h, c), x in zip(carry, xp_t)]
-        return tuple(n[0] for n in new), tuple(n[1] for n in new)
-
-    final, outs = jax.lax.scan(step, tuple(zip(h_BxH, c_BxH)), xp_TxBx4H,
-                               unroll=time_unroll(xp_TxBx4H[0].shape[0]))
-    h_last, c_last = tuple(f[0] for f in final), tuple(f[1] for f in final)
     if not save:
-        return outs, h_last, c_last, None
-    return tuple(o[0] for o in outs), h_last, c_last, tuple((o[1], o[2], o[3]) for o in outs)
+        def step(carry, xp_t):
+            new = [lane_step(h, c, x)[:2] for (h, c), x in zip(carry, xp_t)]
+            return tuple(new), tuple(h for h, _ in new)
+
+        final, h_TxBxH = jax.lax.scan(step, tuple(zip(h_BxH, c_BxH)), xp_TxBx4H, unroll=U)
+        return h_TxBxH, tuple(f[0] for f in final), tuple(f[1] for f in final), None
+
+    transposed = _stores_transposed_h(h_BxH[0].shape[0])
+
+    def block(lanes, i):  # U time steps; per lane: h, c and the xp / gate buffer
+        new, outs = [], []
+        for h, c, buf in lanes:
+            xp_UxBx4H = jax.lax.dynamic_index_in_dim(buf, i, keepdims=False)
+            hs, cs, as_ = [], [], []
+            for k in range(U):
+                h, c, a = lane_step(h, c, xp_UxBx4H[k])
+                hs.append(h), cs.append(c), as_.append(a)
+            new.append((h, c, jax.lax.dynamic_update_index_in_dim(buf, jnp.stack(as_), i, 0)))
+            outs.append((jnp.stack(hs), jnp.stack(cs),
+                         jnp.stack([h.T for h in hs]) if transposed else None))
+        return tuple(new), tuple(outs)
+
+    init = tuple((h, c, _blocks(xp, U)) for h, c, xp in zip(h_BxH, c_BxH, xp_TxBx4H))
+    final, outs = jax.lax.scan(block, init, jnp.arange(T // U))
+    h_TxBxH = tuple(_unblock(h) for h, _, _ in outs)
+    saved = tuple((_unblock(c), _unblock(a), _unblock(hT))  # c, a (T, B, 4H), h^T (T, H, B)
+                  for (_, c, hT), (_, _, a) in zip(outs, final))
+    return h_TxBxH, tuple(f[0] for f in final), tuple(f[1] for f in final), saved
+
+
+def _blocks(a_TxN, U: int):
+    """(T, ...) -> (T/U, U, ...): one loop iteration's time steps per row."""
+    return a_TxN.reshape(-1, U, *a_TxN.shape[1:])
+
+
+def _unblock(a):
+    return None if a is None else a.reshape(-1, *a.shape[2:])
 
 
 def _backward_factors(c0_BxH, c_TxBxH, a_TxBx4H):
@@ -129,6 +159,7 @@ def _recurrence_bwd(residuals, cotangents):
     W_Hx4H, h0, c0, h_TxBxH, saved = residuals
     dh_TxBxH, dh_last, dc_last = cotangents
     H = W_Hx4H.shape[0]
+    U = time_unroll(len(h_TxBxH[0]))
     # Transposed once, outside the loop: each step then multiplies by a
     # row-major (4H, H) operand instead of a transposed view of W.
     W_4HxH = jnp.transpose(W_Hx4H)
@@ -137,16 +168,27 @@ def _recurrence_bwd(residuals, cotangents):
         dh = dh + dh_out
         dc = dc + dh * R
         dz_Bx4H = jnp.concatenate([dc, dc, dh, dc], axis=-1) * M  # gates I, F, O, C~
-        return (dz_Bx4H @ W_4HxH, dc * F), dz_Bx4H
+        return dz_Bx4H @ W_4HxH, dc * F, dz_Bx4H
 
-    def step(carry, xs):
-        new = [lane_step(dh, dc, *x) for (dh, dc), x in zip(carry, xs)]
-        return tuple(n[0] for n in new), tuple(n[1] for n in new)
+    def block(lanes, xs):  # U time steps, last first; per lane: dh, dc and the M / dz buffer
+        i, per_lane = xs
+        new = []
+        for (dh, dc, buf), (dh_out, R, F) in zip(lanes, per_lane):
+            M_UxBx4H = jax.lax.dynamic_index_in_dim(buf, i, keepdims=False)
+            dz = [None] * U
+            for k in reversed(range(U)):
+                dh, dc, dz[k] = lane_step(dh, dc, dh_out[k], M_UxBx4H[k], R[k], F[k])
+            new.append((dh, dc, jax.lax.dynamic_update_index_in_dim(buf, jnp.stack(dz), i, 0)))
+        return tuple(new), None
 
-    xs = tuple((dh_l, *_backward_factors(c0_l, c_l, a_l))
-               for dh_l, c0_l, (c_l, a_l, _) in zip(dh_TxBxH, c0, saved))
-    d0, dz_TxBx4H = jax.lax.scan(step, tuple(zip(dh_last, dc_last)), xs, reverse=True,
-                                 unroll=time_unroll(len(h_TxBxH[0])))
+    init, xs = [], []
+    for dh_l, dhl, dcl, c0_l, (c_l, a_l, _) in zip(dh_TxBxH, dh_last, dc_last, c0, saved):
+        M, R, F = _backward_factors(c0_l, c_l, a_l)
+        init.append((dhl, dcl, _blocks(M, U)))  # the gate gradients overwrite M
+        xs.append((_blocks(dh_l, U), _blocks(R, U), _blocks(F, U)))
+    final, _ = jax.lax.scan(block, tuple(init), (jnp.arange(len(h_TxBxH[0]) // U), tuple(xs)),
+                            reverse=True)
+    dz_TxBx4H = tuple(_unblock(dz) for _, _, dz in final)
     # The recurrent weight gradient for all steps at once: sum_t h_{t-1}^T dz_t.
     dt = W_Hx4H.dtype
     if saved[0][2] is not None:
@@ -163,7 +205,7 @@ def _recurrence_bwd(residuals, cotangents):
         dW_Hx4H = sum(jnp.dot(jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H).T,
                               dz_l.reshape(-1, 4 * H), preferred_element_type=dt)
                       for h0_l, h_l, dz_l in zip(h0, h_TxBxH, dz_TxBx4H))
-    return dz_TxBx4H, dW_Hx4H, tuple(d[0] for d in d0), tuple(d[1] for d in d0)
+    return dz_TxBx4H, dW_Hx4H, tuple(f[0] for f in final), tuple(f[1] for f in final)
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
