@@ -138,28 +138,35 @@ def _backward_factors(c0_BxH, c_TxBxH, a_TxBx4H):
 
 
 @jax.custom_vjp
-def recurrence(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
-    """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step).
+def recurrence_and_head(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
+    """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step), and its output layer.
 
     The batch comes in lanes: ``xp``, ``h`` and ``c`` are tuples with one array
     per lane (a slice of the batch rows). Lanes are independent chains of
     operations in one loop, which XLA:CPU runs on different cores at once.
-    Returns ``(h_TxBxH, h_last, c_last)``, per lane; differentiable in all inputs.
+    Returns ``(logits_TxBxV, h_last, c_last)``, per lane; differentiable in all
+    inputs. The output layer is inside so that its weight gradient can join
+    the recurrent one's matrix product (see ``_recurrence_and_head_bwd``).
     """
     h_TxBxH, h, c, _ = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=False)
-    return h_TxBxH, h, c
+    return tuple(h_l @ W_HxV + b_V for h_l in h_TxBxH), h, c
 
 
-def _recurrence_fwd(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
+def _recurrence_and_head_fwd(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
     h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=True)
-    return (h_TxBxH, h, c), (W_Hx4H, h_BxH, c_BxH, h_TxBxH, saved)
+    logits = tuple(h_l @ W_HxV + b_V for h_l in h_TxBxH)
+    return (logits, h, c), (W_Hx4H, W_HxV, h_BxH, c_BxH, h_TxBxH, saved)
 
 
-def _recurrence_bwd(residuals, cotangents):
-    W_Hx4H, h0, c0, h_TxBxH, saved = residuals
-    dh_TxBxH, dh_last, dc_last = cotangents
-    H = W_Hx4H.shape[0]
-    U = time_unroll(len(h_TxBxH[0]))
+def _recurrence_and_head_bwd(residuals, cotangents):
+    W_Hx4H, W_HxV, h0, c0, h_TxBxH, saved = residuals
+    dl_TxBxV, dh_last, dc_last = cotangents
+    (T, _, H), V = h_TxBxH[0].shape, W_HxV.shape[1]
+    U = time_unroll(T)
+    dt = W_Hx4H.dtype
+    # One product for both weight gradients (below) when h was stored transposed.
+    joint = saved[0][2] is not None
+    V_pad = -(-V // 16) * 16 if joint else 0  # columns of dlogits beside M, zero-padded
     # Transposed once, outside the loop: each step then multiplies by a
     # row-major (4H, H) operand instead of a transposed view of W.
     W_4HxH = jnp.transpose(W_Hx4H)
@@ -174,41 +181,49 @@ def _recurrence_bwd(residuals, cotangents):
         i, per_lane = xs
         new = []
         for (dh, dc, buf), (dh_out, R, F) in zip(lanes, per_lane):
-            M_UxBx4H = jax.lax.dynamic_index_in_dim(buf, i, keepdims=False)
+            M_UxBx4H = jax.lax.dynamic_index_in_dim(buf, i, keepdims=False)[..., :4 * H]
             dz = [None] * U
             for k in reversed(range(U)):
                 dh, dc, dz[k] = lane_step(dh, dc, dh_out[k], M_UxBx4H[k], R[k], F[k])
-            new.append((dh, dc, jax.lax.dynamic_update_index_in_dim(buf, jnp.stack(dz), i, 0)))
+            new.append((dh, dc, jax.lax.dynamic_update_slice(buf, jnp.stack(dz)[None], (i, 0, 0, 0))))
         return tuple(new), None
 
     init, xs = [], []
-    for dh_l, dhl, dcl, c0_l, (c_l, a_l, _) in zip(dh_TxBxH, dh_last, dc_last, c0, saved):
+    for dl, dhl, dcl, c0_l, (c_l, a_l, _) in zip(dl_TxBxV, dh_last, dc_last, c0, saved):
         M, R, F = _backward_factors(c0_l, c_l, a_l)
+        if joint:  # beside M: each step's dlogits moved one step later, where h_{t-1} meets them
+            dl_next = jnp.concatenate([jnp.zeros_like(dl[:1]), dl[:-1]])
+            M = jnp.concatenate([M, jnp.pad(dl_next, ((0, 0), (0, 0), (0, V_pad - V)))], axis=-1)
         init.append((dhl, dcl, _blocks(M, U)))  # the gate gradients overwrite M
-        xs.append((_blocks(dh_l, U), _blocks(R, U), _blocks(F, U)))
-    final, _ = jax.lax.scan(block, tuple(init), (jnp.arange(len(h_TxBxH[0]) // U), tuple(xs)),
-                            reverse=True)
-    dz_TxBx4H = tuple(_unblock(dz) for _, _, dz in final)
-    # The recurrent weight gradient for all steps at once: sum_t h_{t-1}^T dz_t.
-    dt = W_Hx4H.dtype
-    if saved[0][2] is not None:
-        # One (H, L*T*B_l) x (L*T*B_l, 4H) product for all lanes (columns and rows
-        # ordered lane, step, row), its left side from the transposed h the forward
-        # loop stored: a plain row-major product, 15-30% faster on XLA:CPU than
-        # contracting h's first axis.
+        xs.append((_blocks(dl @ W_HxV.T, U), _blocks(R, U), _blocks(F, U)))
+    final, _ = jax.lax.scan(block, tuple(init), (jnp.arange(T // U), tuple(xs)), reverse=True)
+    dz_TxBxN = tuple(_unblock(dz) for _, _, dz in final)
+    db_V = sum(dl.sum((0, 1)) for dl in dl_TxBxV)
+    if joint:
+        # The weight gradients for all steps at once, as ONE (H, L*T*B_l) x (L*T*B_l, 4H + V_pad)
+        # product (rows ordered lane, step, row): [sum_t h_{t-1}^T dz_t | sum_t h_{t-1}^T dl_{t-1}].
+        # Its left side comes from the transposed h the forward loop stored: a plain
+        # row-major product, 15-30% faster on XLA:CPU than contracting h's first axis.
         hT_prev = jnp.concatenate([
             jnp.concatenate([h0_l.T[:, None, :], jnp.transpose(hT_l[:-1], (1, 0, 2))], axis=1).reshape(H, -1)
             for h0_l, (_, _, hT_l) in zip(h0, saved)], axis=1)
-        dz_all = jnp.concatenate([d.reshape(-1, 4 * H) for d in dz_TxBx4H])
-        dW_Hx4H = jnp.dot(hT_prev, dz_all, preferred_element_type=dt)
-    else:  # one product per lane, side by side
+        dW = jnp.dot(hT_prev, jnp.concatenate([d.reshape(-1, d.shape[-1]) for d in dz_TxBxN]),
+                     preferred_element_type=dt)
+        dW_Hx4H = dW[:, :4 * H]
+        dW_HxV = dW[:, 4 * H:4 * H + V] + sum(h[-1].T @ dl[-1] for h, dl in zip(h_TxBxH, dl_TxBxV))
+        dz_TxBx4H = tuple(d[..., :4 * H] for d in dz_TxBxN)
+    else:  # one product per lane, side by side, for each weight
+        dz_TxBx4H = dz_TxBxN
         dW_Hx4H = sum(jnp.dot(jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H).T,
                               dz_l.reshape(-1, 4 * H), preferred_element_type=dt)
                       for h0_l, h_l, dz_l in zip(h0, h_TxBxH, dz_TxBx4H))
-    return dz_TxBx4H, dW_Hx4H, tuple(f[0] for f in final), tuple(f[1] for f in final)
+        dW_HxV = sum(jnp.dot(h_l.reshape(-1, H).T, dl.reshape(-1, V), preferred_element_type=dt)
+                     for h_l, dl in zip(h_TxBxH, dl_TxBxV))
+    return (dz_TxBx4H, dW_Hx4H, dW_HxV, db_V,
+            tuple(f[0] for f in final), tuple(f[1] for f in final))
 
 
-recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+recurrence_and_head.defvjp(_recurrence_and_head_fwd, _recurrence_and_head_bwd)
 
 
 def _stores_transposed_h(lane_rows: int) -> bool:
@@ -287,7 +302,7 @@ def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, lanes: int | 
     split = lambda a: tuple(jnp.split(a, lanes, axis=0))
     # Row lookup instead of a one-hot product (same math), bias folded in, all steps at once.
     xp = tuple(jnp.take(W_x, t.T, axis=0) + b for t in split(tokens_BxT))
-    h_TxBxH, h, c = recurrence(*_same_vma((xp, W_h, split(state.h), split(state.c))))
-    logits = [jnp.transpose(h_l @ params["W_hq"] + params["b_q"], (1, 0, 2)) for h_l in h_TxBxH]
+    logits_TxBxV, h, c = recurrence_and_head(
+        *_same_vma((xp, W_h, params["W_hq"], params["b_q"], split(state.h), split(state.c))))
     cat = lambda parts: jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-    return cat(logits), LSTMState(cat(h), cat(c))
+    return cat([jnp.transpose(l, (1, 0, 2)) for l in logits_TxBxV]), LSTMState(cat(h), cat(c))
