@@ -10,17 +10,25 @@ What makes it fast on a CPU (each measured; README.md, "Performance"):
   matrix product plus a full-size add. Here the reverse scan only carries
   ``(dh, dc)`` and emits each step's gate gradients; the weight gradient is one
   ``(H, T*B) x (T*B, 4H)`` product after the loop, as cuDNN and oneDNN do (its
-  left side stored transposed by the forward loop, step by step). What
-  the reverse step needs from the forward pass is prepared for all steps at
+  left side stored transposed by the forward loop, step by step). The output
+  layer's weight gradient rides along in the same product (its dlogits as V
+  more columns), so the output layer is part of this function. What the
+  reverse step needs from the forward pass is prepared for all steps at
   once, after the forward loop, so each reverse step is two small elementwise
   updates and one product by the pre-transposed weights.
+- No fresh buffers for the big per-step arrays. A ``lax.scan`` output is a new
+  buffer that XLA:CPU zero-fills first. Instead, the forward loop writes the
+  gate activations over the input projections it has just read, and the
+  reverse loop writes the gate gradients over the backward factors, in place.
 - Lanes. XLA:CPU runs independent operations of a loop body on different
   cores (once the body has more than 8 of them), but a single small matrix
   product on one core only. The batch rows are split into one lane per core
   (:func:`default_lanes`): independent chains through the whole sequence, in
   one loop, forward and backward.
 - Five time steps per loop iteration (:func:`time_unroll`): inside one
-  iteration a lane can run ahead of the other; iterations are barriers.
+  iteration a lane can run ahead of the other; iterations are barriers. The
+  loops over blocks of steps are written out (rather than ``lax.scan(unroll=)``)
+  to update the buffers above block by block.
 - Lean loop bodies: all four gates from one ``(B, H) x (H, 4H)`` product and
   one ``tanh`` over the (B, 4H) block, using ``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``
   (an identity, not an approximation); the forward loop stores only h (also
