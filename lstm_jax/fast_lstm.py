@@ -101,10 +101,11 @@ def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
         new, outs = [], []
         for h, c, buf in lanes:
             xp_UxBx4H = jax.lax.dynamic_index_in_dim(buf, i, keepdims=False)
-            hs, cs, as_ = [], [], []
+            steps = []  # (h, c, a) per time step
             for k in range(U):
                 h, c, a = lane_step(h, c, xp_UxBx4H[k])
-                hs.append(h), cs.append(c), as_.append(a)
+                steps.append((h, c, a))
+            hs, cs, as_ = zip(*steps)
             new.append((h, c, jax.lax.dynamic_update_index_in_dim(buf, jnp.stack(as_), i, 0)))
             outs.append((jnp.stack(hs), jnp.stack(cs),
                          jnp.stack([h.T for h in hs]) if transposed else None))
