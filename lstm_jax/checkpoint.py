@@ -1,64 +1,62 @@
 """Orbax checkpoints of everything a bit-exact resume needs, and nothing pickled.
 
-A checkpoint (``<workdir>/checkpoints/<step>/``, step = minibatch updates so
-far) holds four items:
+A checkpoint (``<workdir>/checkpoints/<step>/``, step = updates so far) holds
+four items:
 
 - ``state``  — arrays (orbax PyTree): the train state (params, optimizer state
   including the learning rate, step) and the LSTM state carried between
   minibatches;
 - ``meta``   — JSON: format version, data position (epoch, minibatch within
-  it), the current epoch's per-minibatch losses and gradient norms so far;
+  it), the metrics since the last record, training seconds so far;
 - ``config`` — JSON: the full config that trained it;
 - ``vocab``  — JSON: the vocabulary.
 
-The data pipeline keeps no hidden random state: an epoch's minibatches are a
-pure function of (seed, epoch), so the position is the whole iterator state.
-Training consumes no randomness after initialization, so there is no PRNG key
-to carry either. Orbax writes each checkpoint to a temporary directory and
-renames it only when complete, so a crash during a save leaves the previous
-checkpoint as the latest loadable one.
+``<workdir>/best/<step>/`` holds the same four items for the parameters with
+the best validation loss so far. The data pipeline keeps no hidden random
+state (an epoch's minibatches are a function of seed and epoch) and dropout's
+key is the seed's folded with the step, so position and step are the whole
+iterator and PRNG state. Orbax writes each checkpoint to a temporary directory
+and renames it only when complete, so a crash during a save leaves the
+previous checkpoint as the latest loadable one.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
+from lstm_jax import configs, models, workdir as workdir_lib
 from lstm_jax.data import Vocab
 from lstm_jax.errors import UserError
 
-FORMAT_VERSION = 1
+# 2: the LSTM state is (B, L, H) for L layers; 1 (before stacked layers): (B, H).
+FORMAT_VERSION = 2
+READS = (1, 2)
 ITEMS = ("state", "meta", "config", "vocab")
-
-# Fields that may change between a run and its resumption: they change what
-# is logged or how long it runs, never what one update computes.
-SAFE_TO_CHANGE = frozenset({"num_epochs", "log_every", "checkpoint_every", "max_to_keep",
-                            "prefixes", "num_preds", "batches_per_call", "overwrite",
-                            "lstm_impl"})  # same parameters and function either way
 
 
 class Restored(NamedTuple):
     step: int
-    arrays: Any  # {"train_state": TrainState, "lstm_state": LSTMState}
+    arrays: Any  # {"train_state": ..., "lstm_state": ...}
     meta: dict
     config: dict
     vocab: Vocab
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax wants absolute paths
-
-
 class Checkpoints:
     """A thin wrapper over ``ocp.CheckpointManager`` that speaks our four items."""
 
-    def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False):
-        self.directory = checkpoint_dir(workdir)
+    def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False):
+        self.directory = os.path.abspath(directory)  # orbax wants absolute paths
         # Synchronous saves: the train step donates its buffers, so the arrays
         # must be written before the next step runs (saves take milliseconds here).
         # Leftovers of a save that crashed are removed when training reopens the directory.
@@ -66,63 +64,92 @@ class Checkpoints:
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
             create=not read_only, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        handlers = {"state": ocp.StandardCheckpointHandler(), **{k: ocp.JsonCheckpointHandler() for k in ITEMS[1:]}}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def where(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def save(self, step: int, arrays: Any, meta: dict, config: ml_collections.ConfigDict,
              vocab: Vocab) -> bool:
-        """Save unless a checkpoint of this step exists already (returns whether it saved)."""
+        """Save unless a checkpoint of this step exists already (returns whether it saved).
+
+        A failed save (a full disk, most often) removes its temporary directory
+        and raises a UserError that says which checkpoint stays the latest.
+        """
         if step in self.steps():
             return False
         meta = {"format_version": FORMAT_VERSION, **meta}
-        saved = self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays),
-            meta=ocp.args.JsonSave(meta),
-            config=ocp.args.JsonSave(json.loads(config.to_json())),
-            vocab=ocp.args.JsonSave(json.loads(vocab.to_json())),
-        ))
-        self._manager.wait_until_finished()
+        try:
+            saved = self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays),
+                meta=ocp.args.JsonSave(meta),
+                config=ocp.args.JsonSave(configs.as_dict(config)),
+                vocab=ocp.args.JsonSave(json.loads(vocab.to_json())),
+            ))
+            self._manager.wait_until_finished()
+        except Exception as e:  # orbax and tensorstore raise many types for one failed write
+            self._remove_temporaries()
+            latest = self.latest_step()
+            kept = f"checkpoint {self.where(latest)} stays the latest" if latest is not None else \
+                "there is no earlier checkpoint"
+            reason = "the disk is full" if _is_disk_full(e) else f"{type(e).__name__}: {_first_line(e)}"
+            raise UserError(f"cannot save checkpoint {self.where(step)} ({reason}); {kept}") from None
         return bool(saved)
 
-    def _where(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+    def _remove_temporaries(self) -> None:
+        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+            if "tmp" in name:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def restore_json(self, step: int) -> tuple[dict, dict, Vocab]:
         """meta, config and vocabulary of a checkpoint, checked for readability and version."""
-        where = self._where(step)
+        where = self.where(step)
         try:
             r = self._manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(),
-                vocab=ocp.args.JsonRestore()))
+                meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(), vocab=ocp.args.JsonRestore()))
             meta, config, vocab = r.meta, r.config, Vocab.from_json(json.dumps(r.vocab))
         except Exception as e:  # orbax/json raise many types; all mean the same here
-            raise UserError(f"checkpoint {where} is unreadable ({type(e).__name__}: "
-                            f"{_first_line(e)}); delete it to fall back to an earlier one") from None
+            raise UserError(f"checkpoint {where} is unreadable ({type(e).__name__}: {_first_line(e)})") from None
         version = meta.get("format_version") if isinstance(meta, dict) else None
-        if version != FORMAT_VERSION:
+        if version not in READS:
             raise UserError(f"checkpoint {where} has format version {version}, this lstm_jax reads "
-                            f"version {FORMAT_VERSION}; use the lstm_jax that wrote it or retrain")
+                            f"versions {READS}; use the lstm_jax that wrote it or retrain")
         return meta, config, vocab
 
-    def restore(self, step: int, abstract_arrays: Any) -> Restored:
-        """Everything in checkpoint ``step``; ``abstract_arrays`` gives the expected tree."""
+    def restore(self, step: int, abstract_arrays: Any = None) -> Restored:
+        """Everything in checkpoint ``step``; ``abstract_arrays`` gives the expected tree.
+
+        Without it, the arrays come back as saved (lists and dicts), on this
+        process's first device: enough to read the parameters.
+        """
         meta, config, vocab = self.restore_json(step)
-        where = self._where(step)
+        where = self.where(step)
         try:
-            r = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_arrays)))
-            arrays = r.state
+            if abstract_arrays is None:
+                device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                saved = self._manager.item_metadata(step).state.tree
+                abstract_arrays = jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+            elif meta["format_version"] == 1:  # one layer's LSTM state was (B, H)
+                abstract_arrays = {**abstract_arrays, "lstm_state": jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct((a.shape[0], a.shape[2]), a.dtype, sharding=a.sharding),
+                    abstract_arrays["lstm_state"])}
+            arrays = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_arrays))).state
         except Exception as e:
             raise UserError(f"checkpoint {where} is unreadable or does not fit this model "
-                            f"({type(e).__name__}: {_first_line(e)}); delete it to fall back to an "
-                            "earlier one, or start over with --config.overwrite=True") from None
+                            f"({type(e).__name__}: {_first_line(e)})") from None
         if jax.tree.structure(arrays) != jax.tree.structure(abstract_arrays):
             raise UserError(f"checkpoint {where} holds a different state layout than this code expects")
+        if meta["format_version"] == 1 and "lstm_state" in arrays:
+            arrays["lstm_state"] = jax.tree.map(lambda a: a[:, None], arrays["lstm_state"])
         return Restored(step, arrays, meta, config, vocab)
 
     def close(self) -> None:
@@ -130,25 +157,97 @@ class Checkpoints:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
+    text = [line for line in str(e).strip().splitlines() if line.strip()]
     return text[0][:300] if text else ""
 
 
-def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
-    """Dotted names of fields that differ, ignoring those safe to change mid-run."""
-    now = json.loads(current.to_json())
+def _is_disk_full(e: BaseException) -> bool:
+    while e is not None:
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
-    def walk(a, b, prefix):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            name = f"{prefix}{key}"
-            if name in SAFE_TO_CHANGE:
-                continue
-            x, y = a.get(key), b.get(key)
-            if isinstance(x, dict) and isinstance(y, dict):
-                out += walk(x, y, name + ".")
-            elif x != y:
-                out.append(f"{name} ({x!r} -> {y!r})")
-        return out
 
-    return walk(saved, now, "")
+def restore_latest_readable(ckpts: Checkpoints, abstract_arrays=None, warn=None,
+                            quarantine: str | None = None, check=None) -> Restored:
+    """The newest checkpoint that reads, falling back past unreadable ones with a warning.
+
+    ``check(meta, config, vocab)`` runs on a checkpoint's JSON before its arrays
+    are read (a UserError from it is not a fallback). With ``quarantine``
+    (training), an unreadable checkpoint is moved there, so the steps it held
+    can be saved again; readers leave it in place.
+    """
+    candidates = list(reversed(ckpts.steps()))
+
+    def fall_back(error, i):
+        if i + 1 == len(candidates):
+            raise error
+        moved = ""
+        if quarantine is not None:
+            os.makedirs(quarantine, exist_ok=True)
+            target = os.path.join(quarantine, str(candidates[i]))
+            shutil.move(ckpts.where(candidates[i]), target)
+            moved = f" (moved to {target})"
+        (warn or warnings.warn)(f"{error}{moved}; falling back to checkpoint {candidates[i + 1]}")
+
+    for i, step in enumerate(candidates):
+        try:
+            meta, config, vocab = ckpts.restore_json(step)
+        except UserError as e:
+            fall_back(e, i)
+            continue
+        if check is not None:
+            check(meta, config, vocab)
+        try:
+            return ckpts.restore(step, abstract_arrays)
+        except UserError as e:
+            fall_back(e, i)
+    raise UserError(f"no checkpoints in {ckpts.directory}")
+
+
+class Loaded(NamedTuple):
+    model: models.LanguageModel
+    params: Any
+    vocab: Vocab
+    config: ml_collections.ConfigDict
+    step: int
+
+
+def load_model(directory: str, step: int | None = None, best: bool = False, warn=None) -> Loaded:
+    """Model, parameters, vocabulary and config of a checkpoint, read-only, no optimizer needed.
+
+    ``best``: the best-validation checkpoint (``<workdir>/best``) if the run has one.
+    """
+    where = os.path.join(directory, workdir_lib.BEST if best else workdir_lib.CHECKPOINTS)
+    if best and not os.path.isdir(where):
+        where = os.path.join(directory, workdir_lib.CHECKPOINTS)
+    hint = f"train first with python -m lstm_jax.train --config ... --workdir {directory}"
+    if not os.path.isdir(where):
+        raise UserError(f"no checkpoints in {where}: {hint}")
+    ckpts = Checkpoints(where, read_only=True)
+    try:
+        steps = ckpts.steps()
+        if not steps:
+            raise UserError(f"no checkpoints in {where}: {hint}")
+        if step is None:
+            restored = restore_latest_readable(ckpts, warn=warn)
+        elif step not in steps:
+            raise UserError(f"no checkpoint {step} in {where}; there are {steps}")
+        else:
+            restored = ckpts.restore(step)
+    finally:
+        ckpts.close()
+    try:
+        saved = restored.config
+        c = {**configs.as_dict(configs.get_base_config()), **saved}  # newer fields: their defaults
+        impl = c["lstm_impl"] if c["lstm_impl"] in configs.CHOICES["lstm_impl"] else None
+        model = models.make_model(c["model"], len(restored.vocab), c["num_hiddens"], c["dtype"], impl,
+                                  c["num_layers"], c["embed_dim"], float(c["dropout"]))
+        train_state = restored.arrays["train_state"]
+        params = train_state["params"] if isinstance(train_state, dict) else train_state[1]
+        params = jax.tree.map(np.asarray, params)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {ckpts.where(restored.step)} has an unusable config ({e}); "
+                        "was it written by another version of lstm_jax?") from None
+    return Loaded(model, params, restored.vocab, ml_collections.ConfigDict(saved), restored.step)

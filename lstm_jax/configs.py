@@ -1,73 +1,164 @@
-"""The one place every config field is defined, with its d2l default.
+"""The one place every config field is defined, checked and compared.
 
 ``experiments/*.py`` import this (ml-collections loads config files as
 top-level modules, so they cannot import each other) and change what their
-experiment needs. README.md explains each field.
+experiment needs. README.md's table explains each field.
 """
 
 from __future__ import annotations
+
+import json
+import math
 
 import ml_collections
 from ml_collections import config_dict
 
 from lstm_jax.errors import UserError
 
+# Allowed values of every enum field: validate() is the only place they are checked.
+CHOICES = {
+    "model": ("scratch", "concise"),
+    "lstm_impl": ("fast", "reference"),
+    "dtype": ("float32", "bfloat16"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "lr_schedule": ("constant", "cosine"),
+    "data.corpus": ("timemachine", "tinyshakespeare"),
+    "data.normalize": ("d2l", "none"),
+    "data.token": ("char", "word"),
+}
+
 
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
-    c.model = "scratch"  # 'scratch' (pure functions) or 'concise' (flax OptimizedLSTMCell)
+    c.model = "scratch"  # 'scratch' (d2l's pure functions) or 'concise' (flax's OptimizedLSTMCell)
     c.num_hiddens = 256
+    c.num_layers = 1  # stacked LSTM layers (d2l's deep RNN)
+    c.embed_dim = 0  # 0: one-hot input (d2l, done as a row lookup); > 0: an embedding table
+    c.dropout = 0.0  # on non-recurrent connections only (Zaremba et al. 2014); off in evaluation
     c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
-    c.lstm_impl = "fast"  # 'fast' (hand-written backward) or 'reference' (autodiff / flax's cell); README
+    # How the LSTM layers run. Unset: each variant's own (scratch: 'fast'; concise: flax's cell).
+    c.lstm_impl = config_dict.placeholder(str)
 
     c.data = ml_collections.ConfigDict()
-    c.data.path = config_dict.placeholder(str)  # a UTF-8 text file; unset = built-in Time Machine
+    c.data.corpus = "timemachine"  # a built-in corpus: 'timemachine' or 'tinyshakespeare'
+    c.data.path = config_dict.placeholder(str)  # a UTF-8 text file instead of the built-in corpus
     c.data.url = config_dict.placeholder(str)  # or download this (cached, hash-checked)
     c.data.sha1 = config_dict.placeholder(str)  # expected SHA-1 of the file at path/url
     c.data.cache_dir = "~/.cache/lstm_jax"
+    c.data.normalize = "d2l"  # 'd2l': letters only, lower-cased; 'none': every character kept
     c.data.token = "char"  # 'char' or 'word'
     c.data.max_tokens = 10000  # d2l trains on the first 10,000 tokens; <= 0 keeps all
     c.data.min_freq = 0
-    c.data.num_val = 0  # held-out tokens after the training tokens (0 = off, as d2l)
+    c.data.val_fraction = 0.0  # held-out tails of the token stream: train, then val, then test
+    c.data.test_fraction = 0.0
     c.data.random_iter = False  # d2l's use_random_iter: random vs sequential partitioning
 
     c.batch_size = 32
     c.num_steps = 35
-    c.learning_rate = 1.0
+    c.optimizer = "sgd"  # 'sgd', 'adam' or 'adamw'
+    c.learning_rate = 1.0  # the peak rate under a schedule
+    c.weight_decay = 0.0  # adamw's decoupled weight decay
+    c.lr_schedule = "constant"  # 'constant' or 'cosine' (to 0 over the run's num_epochs)
+    c.warmup_steps = 0  # linear warm-up from 0 (updates)
     c.grad_clip = 1.0  # global gradient norm bound (d2l's grad_clipping(net, 1))
     c.num_epochs = 50
+    c.time_budget_s = 0.0  # > 0: stop after this many seconds of training (compile excluded)
     c.seed = 0
 
+    c.eval_every_steps = 0  # held-out evaluation every N updates; 0: once per epoch
     c.log_every = 10  # epochs between d2l-style lines with greedy continuations
     c.prefixes = ("time traveller", "traveller")
     c.num_preds = 50  # characters (tokens) each continuation adds
-    c.batches_per_call = 64  # minibatches per compiled call: bounds Ctrl-C latency on big corpora
+    c.batches_per_call = 64  # at most this many minibatches per compiled call
 
     c.checkpoint_every = 10  # epochs between checkpoints (also saved at the end and on Ctrl-C)
     c.max_to_keep = 3  # checkpoints kept (the newest)
-    c.overwrite = False  # True: discard the workdir's checkpoints and start over
+    c.overwrite = False  # True: discard the workdir's outputs and start over
     return c
 
 
-_POSITIVE = ("num_hiddens", "batch_size", "num_steps", "num_epochs", "log_every",
-             "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep")
+# Fields that may change between a run and its resumption: they change what is
+# logged, how long it runs or how it is computed, never what one update computes.
+RESUME_SAFE = frozenset({
+    "num_epochs", "time_budget_s", "log_every", "prefixes", "num_preds", "batches_per_call",
+    "checkpoint_every", "max_to_keep", "overwrite", "eval_every_steps",
+    "lstm_impl",  # same parameters, function and gradients either way
+})
+
+# Fields older versions wrote that no longer exist, with the value that meant
+# what today's defaults mean (a saved run with that value still resumes).
+RETIRED = {"data.num_val": 0}
+
+_POSITIVE = ("num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
+             "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
+             "grad_clip")
+_NON_NEGATIVE = ("embed_dim", "weight_decay", "warmup_steps", "time_budget_s", "eval_every_steps",
+                 "data.min_freq", "data.val_fraction", "data.test_fraction")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Fail early, naming the field, on values that would only fail deep inside JAX."""
-    for name in _POSITIVE:
-        if config[name] <= 0:
-            raise UserError(f"config.{name} must be positive, got {config[name]}")
-    if config.model not in ("scratch", "concise"):
-        raise UserError(f"config.model must be 'scratch' or 'concise', got {config.model!r}")
-    if config.dtype not in ("float32", "bfloat16"):
-        raise UserError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-    if config.lstm_impl not in ("fast", "reference"):
-        raise UserError(f"config.lstm_impl must be 'fast' or 'reference', got {config.lstm_impl!r}")
-    if config.data.token not in ("char", "word"):
-        raise UserError(f"config.data.token must be 'char' or 'word', got {config.data.token!r}")
-    if config.learning_rate <= 0 or config.grad_clip <= 0:
-        raise UserError("config.learning_rate and config.grad_clip must be positive")
-    if config.data.num_val < 0 or config.data.min_freq < 0:
-        raise UserError("config.data.num_val and config.data.min_freq must be >= 0")
+    """Fail early, naming the field and its value, on what would only fail deep inside JAX."""
+    for name, allowed in CHOICES.items():
+        value = _get(config, name)
+        if value not in allowed and not (name == "lstm_impl" and value is None):
+            raise UserError(f"config.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    for name in _POSITIVE + _NON_NEGATIVE:
+        value = _get(config, name)
+        if isinstance(value, float) and math.isnan(value):
+            raise UserError(f"config.{name} is nan")
+        if (value <= 0) if name in _POSITIVE else (value < 0):
+            must = "positive" if name in _POSITIVE else ">= 0"
+            raise UserError(f"config.{name} must be {must}, got {value!r}")
+    if not 0 <= config.dropout < 1:
+        raise UserError(f"config.dropout must be in [0, 1), got {config.dropout!r}")
+    held_out = config.data.val_fraction + config.data.test_fraction
+    if held_out >= 1:
+        raise UserError(f"config.data.val_fraction + config.data.test_fraction must be < 1 (the rest is "
+                        f"the training split), got {config.data.val_fraction} + {config.data.test_fraction}")
+    if config.data.path and config.data.url:
+        raise UserError("set config.data.path or config.data.url, not both")
+
+
+def _get(config, dotted: str):
+    for key in dotted.split("."):
+        config = config[key]
+    return config
+
+
+def lstm_impl(config) -> str:
+    """The implementation a config runs: its own ``lstm_impl``, else the variant's default."""
+    return config.lstm_impl or ("fast" if config.model == "scratch" else "reference")
+
+
+def as_dict(config) -> dict:
+    """A config (ConfigDict or its saved JSON) as plain nested dicts."""
+    return json.loads(config.to_json()) if isinstance(config, ml_collections.ConfigDict) else config
+
+
+def differences(old, new, ignore=RESUME_SAFE) -> list[str]:
+    """``field (old -> new)`` for every field that differs, skipping ``ignore``.
+
+    A field the older config lacks counts as having today's default (it is
+    new); a retired field counts as absent when it holds its neutral value.
+    """
+    base = as_dict(get_base_config())
+    old, new = as_dict(old), as_dict(new)
+
+    def walk(a, b, defaults, prefix):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            name = f"{prefix}{key}"
+            if name in ignore:
+                continue
+            if key not in defaults:  # retired: fine at its neutral value
+                if a.get(key, RETIRED.get(name)) == b.get(key, RETIRED.get(name)) == RETIRED.get(name, ...):
+                    continue
+            x, y = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
+            if isinstance(x, dict) and isinstance(y, dict):
+                out += walk(x, y, defaults.get(key) or {}, name + ".")
+            elif x != y:
+                out.append(f"{name} ({x!r} -> {y!r})")
+        return out
+
+    return walk(old, new, base, "")

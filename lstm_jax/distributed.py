@@ -212,3 +212,31 @@ def placed(fn: Callable, in_shardings: Any = None) -> Callable:
 def to_host(tree: Any) -> Any:
     """Replicated (or local) arrays as numpy on this process, e.g. params for prediction."""
     return jax.tree.map(np.asarray, tree)
+
+
+def agree(flag: bool) -> bool:
+    """Process 0's value of ``flag`` on every process: all stop (or go on) together."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def memory_bytes() -> int | None:
+    """Memory a run may use: the first device's limit on an accelerator, else available RAM."""
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats.get("bytes_limit")
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def memory_name() -> str:
+    device = jax.local_devices()[0]
+    return "this machine" if device.platform == "cpu" else f"the {device.platform} ({device.device_kind})"

@@ -50,6 +50,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from lstm_jax import lstm
 from lstm_jax.lstm import GATES, LSTMState, Params
 
 
@@ -147,15 +148,39 @@ def _backward_factors(c0_BxH, c_TxBxH, a_TxBx4H):
 
 
 @jax.custom_vjp
-def recurrence_and_head(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
-    """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step), and its output layer.
+def recurrence(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
+    """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step).
 
     The batch comes in lanes: ``xp``, ``h`` and ``c`` are tuples with one array
     per lane (a slice of the batch rows). Lanes are independent chains of
     operations in one loop, which XLA:CPU runs on different cores at once.
-    Returns ``(logits_TxBxV, h_last, c_last)``, per lane; differentiable in all
-    inputs. The output layer is inside so that its weight gradient can join
-    the recurrent one's matrix product (see ``_recurrence_and_head_bwd``).
+    Returns ``(h_TxBxH, h_last, c_last)``, per lane; differentiable in all inputs.
+    """
+    h_TxBxH, h, c, _ = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=False)
+    return h_TxBxH, h, c
+
+
+def _recurrence_fwd(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
+    h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=True)
+    return (h_TxBxH, h, c), (W_Hx4H, h_BxH, c_BxH, h_TxBxH, saved)
+
+
+def _recurrence_bwd(residuals, cotangents):
+    W_Hx4H, h0, c0, h_TxBxH, saved = residuals
+    dh_TxBxH, dh_last, dc_last = cotangents
+    dz_TxBx4H, dh0, dc0 = _reverse(W_Hx4H, c0, saved, dh_TxBxH, dh_last, dc_last)
+    return dz_TxBx4H, _weight_gradient(h0, h_TxBxH, saved, dz_TxBx4H, W_Hx4H.dtype), dh0, dc0
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+@jax.custom_vjp
+def recurrence_and_head(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
+    """:func:`recurrence` and the output layer: ``(logits_TxBxV, h_last, c_last)`` per lane.
+
+    The output layer is inside so that its weight gradient can join the
+    recurrent one's matrix product (see ``_recurrence_and_head_bwd``).
     """
     h_TxBxH, h, c, _ = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=False)
     return tuple(h_l @ W_HxV + b_V for h_l in h_TxBxH), h, c
@@ -170,12 +195,41 @@ def _recurrence_and_head_fwd(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
 def _recurrence_and_head_bwd(residuals, cotangents):
     W_Hx4H, W_HxV, h0, c0, h_TxBxH, saved = residuals
     dl_TxBxV, dh_last, dc_last = cotangents
-    (T, _, H), V = h_TxBxH[0].shape, W_HxV.shape[1]
-    U = time_unroll(T)
+    H, V = W_HxV.shape
     dt = W_Hx4H.dtype
-    # One product for both weight gradients (below) when h was stored transposed.
-    joint = saved[0][2] is not None
-    V_pad = -(-V // 16) * 16 if joint else 0  # columns of dlogits beside M, zero-padded
+    dh_TxBxH = tuple(dl @ W_HxV.T for dl in dl_TxBxV)
+    db_V = sum(dl.sum((0, 1)) for dl in dl_TxBxV)
+    if saved[0][2] is None:  # one product per lane, side by side, for each weight
+        dz_TxBx4H, dh0, dc0 = _reverse(W_Hx4H, c0, saved, dh_TxBxH, dh_last, dc_last)
+        dW_Hx4H = _weight_gradient(h0, h_TxBxH, saved, dz_TxBx4H, dt)
+        dW_HxV = sum(jnp.dot(h_l.reshape(-1, H).T, dl.reshape(-1, V), preferred_element_type=dt)
+                     for h_l, dl in zip(h_TxBxH, dl_TxBxV))
+        return dz_TxBx4H, dW_Hx4H, dW_HxV, db_V, dh0, dc0
+    # Beside M, each step's dlogits moved one step later, where h_{t-1} meets them,
+    # zero-padded to 16 columns: they come out of the reverse loop beside the gate
+    # gradients, and ONE product gives both weight gradients.
+    V_pad = -(-V // 16) * 16
+    extra = tuple(jnp.pad(jnp.concatenate([jnp.zeros_like(dl[:1]), dl[:-1]]),
+                          ((0, 0), (0, 0), (0, V_pad - V))) for dl in dl_TxBxV)
+    dz_TxBxN, dh0, dc0 = _reverse(W_Hx4H, c0, saved, dh_TxBxH, dh_last, dc_last, extra)
+    dW = _weight_gradient(h0, h_TxBxH, saved, dz_TxBxN, dt)
+    G = 4 * H
+    dW_HxV = dW[:, G:G + V] + sum(h[-1].T @ dl[-1] for h, dl in zip(h_TxBxH, dl_TxBxV))
+    return (tuple(d[..., :G] for d in dz_TxBxN), dW[:, :G], dW_HxV, db_V, dh0, dc0)
+
+
+recurrence_and_head.defvjp(_recurrence_and_head_fwd, _recurrence_and_head_bwd)
+
+
+def _reverse(W_Hx4H, c0, saved, dh_TxBxH, dh_last, dc_last, extra=None):
+    """The reverse loop: each step's gate gradients dz (T, B, 4H), per lane, and dh0, dc0.
+
+    ``extra`` (T, B, N) per lane rides along in the buffer the gate gradients
+    overwrite, so it comes out beside dz, as (T, B, 4H + N).
+    """
+    H = W_Hx4H.shape[0]
+    T = dh_TxBxH[0].shape[0]
+    U = time_unroll(T)
     # Transposed once, outside the loop: each step then multiplies by a
     # row-major (4H, H) operand instead of a transposed view of W.
     W_4HxH = jnp.transpose(W_Hx4H)
@@ -198,41 +252,34 @@ def _recurrence_and_head_bwd(residuals, cotangents):
         return tuple(new), None
 
     init, xs = [], []
-    for dl, dhl, dcl, c0_l, (c_l, a_l, _) in zip(dl_TxBxV, dh_last, dc_last, c0, saved):
+    for l, (dho, dhl, dcl, c0_l, (c_l, a_l, _)) in enumerate(zip(dh_TxBxH, dh_last, dc_last, c0, saved)):
         M, R, F = _backward_factors(c0_l, c_l, a_l)
-        if joint:  # beside M: each step's dlogits moved one step later, where h_{t-1} meets them
-            dl_next = jnp.concatenate([jnp.zeros_like(dl[:1]), dl[:-1]])
-            M = jnp.concatenate([M, jnp.pad(dl_next, ((0, 0), (0, 0), (0, V_pad - V)))], axis=-1)
+        if extra is not None:
+            M = jnp.concatenate([M, extra[l]], axis=-1)
         init.append((dhl, dcl, _blocks(M, U)))  # the gate gradients overwrite M
-        xs.append((_blocks(dl @ W_HxV.T, U), _blocks(R, U), _blocks(F, U)))
+        xs.append((_blocks(dho, U), _blocks(R, U), _blocks(F, U)))
     final, _ = jax.lax.scan(block, tuple(init), (jnp.arange(T // U), tuple(xs)), reverse=True)
-    dz_TxBxN = tuple(_unblock(dz) for _, _, dz in final)
-    db_V = sum(dl.sum((0, 1)) for dl in dl_TxBxV)
-    if joint:
-        # The weight gradients for all steps at once, as ONE (H, L*T*B_l) x (L*T*B_l, 4H + V_pad)
-        # product (rows ordered lane, step, row): [sum_t h_{t-1}^T dz_t | sum_t h_{t-1}^T dl_{t-1}].
-        # Its left side comes from the transposed h the forward loop stored: a plain
-        # row-major product, 15-30% faster on XLA:CPU than contracting h's first axis.
-        hT_prev = jnp.concatenate([
-            jnp.concatenate([h0_l.T[:, None, :], jnp.transpose(hT_l[:-1], (1, 0, 2))], axis=1).reshape(H, -1)
-            for h0_l, (_, _, hT_l) in zip(h0, saved)], axis=1)
-        dW = jnp.dot(hT_prev, jnp.concatenate([d.reshape(-1, d.shape[-1]) for d in dz_TxBxN]),
-                     preferred_element_type=dt)
-        dW_Hx4H = dW[:, :4 * H]
-        dW_HxV = dW[:, 4 * H:4 * H + V] + sum(h[-1].T @ dl[-1] for h, dl in zip(h_TxBxH, dl_TxBxV))
-        dz_TxBx4H = tuple(d[..., :4 * H] for d in dz_TxBxN)
-    else:  # one product per lane, side by side, for each weight
-        dz_TxBx4H = dz_TxBxN
-        dW_Hx4H = sum(jnp.dot(jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H).T,
-                              dz_l.reshape(-1, 4 * H), preferred_element_type=dt)
-                      for h0_l, h_l, dz_l in zip(h0, h_TxBxH, dz_TxBx4H))
-        dW_HxV = sum(jnp.dot(h_l.reshape(-1, H).T, dl.reshape(-1, V), preferred_element_type=dt)
-                     for h_l, dl in zip(h_TxBxH, dl_TxBxV))
-    return (dz_TxBx4H, dW_Hx4H, dW_HxV, db_V,
+    return (tuple(_unblock(dz) for _, _, dz in final),
             tuple(f[0] for f in final), tuple(f[1] for f in final))
 
 
-recurrence_and_head.defvjp(_recurrence_and_head_fwd, _recurrence_and_head_bwd)
+def _weight_gradient(h0, h_TxBxH, saved, dz_TxBxN, dt):
+    """sum over lanes and steps of h_{t-1}^T dz_t, (H, N).
+
+    With h stored transposed by the forward loop it is ONE row-major
+    (H, lanes*T*B_l) x (lanes*T*B_l, N) product (rows ordered lane, step, row);
+    else one product per lane contracting h's first axis.
+    """
+    H = h0[0].shape[-1]
+    if saved[0][2] is not None:
+        hT_prev = jnp.concatenate([
+            jnp.concatenate([h0_l.T[:, None, :], jnp.transpose(hT_l[:-1], (1, 0, 2))], axis=1).reshape(H, -1)
+            for h0_l, (_, _, hT_l) in zip(h0, saved)], axis=1)
+        return jnp.dot(hT_prev, jnp.concatenate([d.reshape(-1, d.shape[-1]) for d in dz_TxBxN]),
+                       preferred_element_type=dt)
+    return sum(jnp.dot(jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H).T,
+                       dz_l.reshape(-1, dz_l.shape[-1]), preferred_element_type=dt)
+               for h0_l, h_l, dz_l in zip(h0, h_TxBxH, dz_TxBxN))
 
 
 def _stores_transposed_h(lane_rows: int) -> bool:
@@ -291,27 +338,50 @@ def _varying_axes(a) -> frozenset:
 
 
 def stacked(params: Params) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """d2l's per-gate arrays as ``W_x (V, 4H)``, ``W_h (H, 4H)``, ``b (4H,)``, gates I, F, O, C~."""
+    """One layer's per-gate arrays as ``W_x (D, 4H)``, ``W_h (H, 4H)``, ``b (4H,)``, gates I, F, O, C~."""
     cat = lambda prefix: jnp.concatenate([params[f"{prefix}{g}"] for g in GATES], axis=-1)
     return cat("W_x"), cat("W_h"), cat("b_")
 
 
-def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, lanes: int | None = None
-          ) -> tuple[jax.Array, LSTMState]:
-    """Logits (B, T, V) and the final state, as :func:`lstm_jax.lstm.apply`.
+def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None, rate: float = 0.0,
+          lanes: int | None = None) -> tuple[jax.Array, LSTMState]:
+    """Logits (B, T, V) and the final state, as :func:`lstm_jax.lstm.apply` (same key, same dropout).
 
-    ``lanes`` (default :func:`default_lanes`) splits the batch rows into
-    independent chains; it changes the schedule, not the result.
+    Each layer's input projection is one product over all time steps, before
+    its recurrence; the last layer's output layer is inside its custom VJP
+    unless dropout stands between them. ``lanes`` (default
+    :func:`default_lanes`) splits the batch rows into independent chains; it
+    changes the schedule, not the result.
     """
     B = tokens_BxT.shape[0]
     lanes = default_lanes(B) if lanes is None else lanes
     if B % lanes:
         raise ValueError(f"lanes={lanes} does not divide the batch size {B}")
-    W_x, W_h, b = stacked(params)
-    split = lambda a: tuple(jnp.split(a, lanes, axis=0))
-    # Row lookup instead of a one-hot product (same math), bias folded in, all steps at once.
-    xp = tuple(jnp.take(W_x, t.T, axis=0) + b for t in split(tokens_BxT))
-    logits_TxBxV, h, c = recurrence_and_head(
-        *_same_vma((xp, W_h, params["W_hq"], params["b_q"], split(state.h), split(state.c))))
-    cat = lambda parts: jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-    return cat([jnp.transpose(l, (1, 0, 2)) for l in logits_TxBxV]), LSTMState(cat(h), cat(c))
+    L = lstm.num_layers(params)
+    drop = key is not None and rate > 0
+    split = lambda a, axis=0: tuple(jnp.split(a, lanes, axis=axis))
+    time_major = lambda x_BxTxD: split(jnp.swapaxes(x_BxTxD, 0, 1), axis=1)
+    x = lstm.layer_input(params, tokens_BxT, key, rate)
+    hs, cs = [], []
+    for l in range(L):
+        W_x, W_h, b = stacked(lstm.layer(params, l))
+        if l == 0 and x is tokens_BxT:  # a row lookup instead of the one-hot product (same math)
+            xp = tuple(jnp.take(W_x, t.T, axis=0) + b for t in split(tokens_BxT))
+        else:
+            if l:
+                x = lstm.dropout(key, l, x, rate)
+            xp = tuple(x_l @ W_x + b for x_l in time_major(x))
+        h0, c0 = split(state.h[:, l]), split(state.c[:, l])
+        if l == L - 1 and not drop:
+            logits, h, c = recurrence_and_head(*_same_vma((xp, W_h, params["W_hq"], params["b_q"], h0, c0)))
+        else:
+            h_TxBxH, h, c = recurrence(*_same_vma((xp, W_h, h0, c0)))
+            x = jnp.swapaxes(jnp.concatenate(h_TxBxH, axis=1), 0, 1)
+        hs.append(jnp.concatenate(h))
+        cs.append(jnp.concatenate(c))
+    if drop:
+        x = lstm.dropout(key, L, x, rate)
+        logits_BxTxV = x @ params["W_hq"] + params["b_q"]
+    else:
+        logits_BxTxV = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
+    return logits_BxTxV, LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))

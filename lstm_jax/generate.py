@@ -51,10 +51,14 @@ def generate(model: LanguageModel, params, prefix_ids: jax.Array, key: jax.Array
 
 
 def encode_prefix(vocab: Vocab, prefix: str, warn: bool = True) -> jax.Array:
-    """Prompt -> ids. Unknown tokens become ``<unk>`` as in d2l, with a warning naming them."""
+    """Prompt -> ids, normalized as the training text was.
+
+    Unknown tokens become ``<unk>`` as in d2l, with a warning naming them.
+    """
     tokens = vocab.split(prefix)
     if not tokens:
-        raise UserError("the prefix is empty: give at least one token to start from")
+        raise UserError(f"the prefix {prefix!r} is empty once normalized like the training text: "
+                        "give at least one token to start from")
     missing = vocab.unknown(tokens)
     if missing and warn:
         warnings.warn(f"prefix {prefix!r}: the vocabulary lacks {missing}; they are read as <unk>",
@@ -63,11 +67,13 @@ def encode_prefix(vocab: Vocab, prefix: str, warn: bool = True) -> jax.Array:
 
 
 def continue_text(model: LanguageModel, params, vocab: Vocab, prefix: str, num_preds: int,
-                  *, temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> str:
-    """The prefix followed by ``num_preds`` generated tokens, as d2l prints it."""
-    ids = encode_prefix(vocab, prefix)
+                  *, temperature: float = 0.0, top_k: int = 0, key: jax.Array | None = None,
+                  warn: bool = True) -> str:
+    """The (normalized) prefix followed by ``num_preds`` generated tokens, as d2l prints it."""
+    ids = encode_prefix(vocab, prefix, warn)
     if top_k < 0 or top_k > len(vocab):
         raise UserError(f"top_k must be between 0 and the vocabulary size {len(vocab)}, got {top_k}")
-    out = generate(model, params, ids, jax.random.key(seed), num_preds=num_preds,
-                   temperature=float(temperature), top_k=int(top_k))
+    key = jax.random.key(0) if key is None else key
+    out = generate(model, params, ids, key, num_preds=num_preds, temperature=float(temperature),
+                   top_k=int(top_k))
     return vocab.join(vocab.split(prefix) + vocab.to_tokens(jax.device_get(out)))

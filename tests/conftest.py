@@ -1,32 +1,64 @@
-"""Shared fixtures. Tests run on CPU; nothing here needs the network."""
+"""Shared fixtures and helpers. Tests run on CPU; nothing here needs the network.
 
+Every test that trains uses ``experiments/tiny.py`` (the ``tiny_config``
+fixture, or ``TINY_CLI`` on a command line). Tests that start processes or
+train several runs are marked ``slow``: ``python -m pytest -q -m "not slow"``
+is the quick loop.
+"""
+
+import importlib.util
 import os
 import subprocess
 import sys
 
-import pytest
-
-from lstm_jax.configs import get_base_config
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One compilation cache for the test process and every CLI it starts: the same tiny
+# program is compiled once per run of the suite (and not at all when it is warm).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+TINY_CLI = ["--config", "experiments/tiny.py"]
+quiet = dict(log=lambda m: None, progress=False)
+
+
+def tiny():
+    spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, "experiments", "tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 @pytest.fixture
 def tiny_config():
-    """The d2l setup scaled down so a few epochs take a second on CPU."""
-    c = get_base_config()
-    c.num_hiddens = 32
-    c.batch_size = 8
-    c.num_steps = 10
-    c.data.max_tokens = 2000
-    c.num_epochs = 3
-    c.log_every = 100
-    c.num_preds = 10
-    return c
+    """experiments/tiny.py: d2l's setup scaled down so a few epochs take a second on CPU."""
+    return tiny()
 
 
 def run_cli(*args, cwd=None, timeout=300, env=None):
-    """Run ``python -m ...`` in a subprocess the way a user would."""
+    """Run ``python -m ...`` (or a script) in a subprocess the way a user would."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def one_error_line(out) -> str:
+    """The single ``error: ...`` line a CLI must print for bad input (exit status 2, no traceback)."""
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
+    return lines[0]
+
+
+def assert_same_params(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def assert_trees_close(a, b, rtol, atol=0.0):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)

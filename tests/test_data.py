@@ -1,7 +1,9 @@
+import collections
 import functools
 import hashlib
 import http.server
 import os
+import re
 import threading
 
 import numpy as np
@@ -17,15 +19,56 @@ def write(tmp_path, text, name="c.txt"):
     return str(p)
 
 
+def d2l_tokens(path, token):
+    """d2l 0.x's read_time_machine + tokenize, line by line, as the book writes them."""
+    with open(path, encoding="utf-8") as f:
+        lines = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in f.readlines()]
+    return [t for line in lines for t in (list(line) if token == "char" else line.split())]
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_vectorized_loading_is_d2l_token_for_token(token):
+    # The book's own preprocessing, on the whole book: same vocabulary order, same ids.
+    path = data.builtin_corpus_path()
+    tokens = d2l_tokens(path, token)
+    vocab = data.Vocab.build(tokens, token=token)
+    corpus = data.load_corpus(path, token, max_tokens=-1)
+    assert corpus.vocab == vocab
+    np.testing.assert_array_equal(corpus.ids, vocab.ids(tokens))
+    assert len(vocab) == {"char": 28, "word": 4580}[token]
+
+
 def test_preprocessing_and_vocab_order(tmp_path):
-    # Non-letters collapse to one space, lines are stripped and lower-cased,
-    # and lines are joined with no separator (d2l 0.x).
-    path = write(tmp_path, "Ab, ba!\n\n  CC-a \n")
-    assert data.read_lines(path) == ["ab ba", "", "cc a"]
+    # Non-letters collapse to one space, lines are stripped and lower-cased, and lines
+    # are joined with no separator (d2l 0.x); \r\n and \r end lines too.
+    path = write(tmp_path, "Ab, ba!\r\n\n  CC-a \rxY")
     corpus = data.load_corpus(path, "char", max_tokens=-1)
-    # counts: a=3, b=2, ' '=2, c=2 -> ties keep first-seen order (b before ' ' before c)
-    assert corpus.vocab.idx_to_token == ("<unk>", "a", "b", " ", "c")
-    assert corpus.vocab.to_tokens(corpus.train) == list("ab bacc a")
+    # counts: a=3, b=2, ' '=2, c=2 ... -> ties keep first-seen order (b before ' ' before c)
+    assert corpus.vocab.idx_to_token[:5] == ("<unk>", "a", "b", " ", "c")
+    assert "".join(corpus.vocab.to_tokens(corpus.train)) == "ab bacc axy"
+    words = data.load_corpus(path, "word", max_tokens=-1)
+    assert words.vocab.to_tokens(words.train) == ["ab", "ba", "cc", "a", "xy"]  # words never span lines
+
+
+def test_raw_text_keeps_every_character(tmp_path):
+    text = "First Citizen:\nBefore we proceed, hear me.\r\n\tÉté — ok!\n"
+    path = write(tmp_path, text)
+    corpus = data.load_corpus(path, "char", max_tokens=-1, normalize="none")
+    assert "".join(corpus.vocab.to_tokens(corpus.ids)) == text
+    assert set(corpus.vocab.idx_to_token) == {"<unk>", *text}
+    counts = collections.Counter(text)
+    assert [counts[t] for t in corpus.vocab.idx_to_token[1:]] == sorted(counts.values(), reverse=True)
+    words = data.load_corpus(path, "word", max_tokens=-1, normalize="none")
+    assert words.vocab.to_tokens(words.ids) == text.split()
+
+
+def test_tiny_shakespeare_is_nanogpts_split():
+    path = data.resolve_corpus("tinyshakespeare", None, None, None, "/nonexistent")
+    assert data.sha1_of(path) == "04486597058d11dcc2c556b1d0433891eb639d2e"
+    c = data.load_corpus(path, "char", max_tokens=0, val_fraction=0.1, normalize="none")
+    assert len(c.vocab) == 66  # 65 characters and <unk>
+    assert c.splits == {"train": (0, 1003854), "val": (1003854, 1115394), "test": (1115394, 1115394)}
+    assert "".join(c.vocab.to_tokens(c.split("val")[:12])) == "?\n\nGREMIO:\nG"
 
 
 def test_vocab_min_freq_reserved_unknown_and_json():
@@ -34,31 +77,47 @@ def test_vocab_min_freq_reserved_unknown_and_json():
     assert v.ids(list("abcz")) == [2, 3, 0, 0]
     assert v.unknown(list("abzcz")) == ["z", "c"]
     assert data.Vocab.from_json(v.to_json()) == v
+    old = '{"idx_to_token": ["<unk>", "a"], "token": "char"}'  # written before 'normalize' existed
+    assert data.Vocab.from_json(old).normalize == "d2l"
 
 
-def test_word_tokens(tmp_path):
-    path = write(tmp_path, "the cat the dog\nthe end\n")
-    corpus = data.load_corpus(path, "word", max_tokens=-1)
-    assert corpus.vocab.idx_to_token[:2] == ("<unk>", "the")
-    assert corpus.vocab.join(corpus.vocab.to_tokens(corpus.train)) == "the cat the dog the end"
+def test_prompts_are_normalized_like_the_text():
+    d2l = data.Vocab(("<unk>", " ", "t", "i", "m", "e"), "char", "d2l")
+    assert d2l.split("Time, Time!") == list("time time ")
+    raw = data.Vocab(("<unk>", "T", "i"), "char", "none")
+    assert raw.split("Ti!") == ["T", "i", "!"]
 
 
 def test_builtin_corpus_is_the_d2l_book():
-    path = data.resolve_corpus(None, None, None, "/nonexistent")
+    path = data.resolve_corpus("timemachine", None, None, None, "/nonexistent")
     assert data.sha1_of(path) == data.TIME_MACHINE_SHA1
     corpus = data.load_corpus(path)
-    assert len(corpus.vocab) == 28
     assert corpus.vocab.idx_to_token[:5] == ("<unk>", " ", "e", "t", "a")  # d2l's printed order
     assert len(corpus.train) == 10000
-    assert corpus.vocab.join(corpus.vocab.to_tokens(corpus.train[:24])) == "the time machine by h g "
+    assert "".join(corpus.vocab.to_tokens(corpus.train[:24])) == "the time machine by h g "
 
 
-def test_max_tokens_and_heldout_split(tmp_path):
+def test_splits_are_contiguous_tails():
     path = data.builtin_corpus_path()
     full = data.load_corpus(path, max_tokens=-1)
-    c = data.load_corpus(path, max_tokens=1000, num_val=300)
-    np.testing.assert_array_equal(c.train, full.train[:1000])
-    np.testing.assert_array_equal(c.val, full.train[1000:1300])
+    c = data.load_corpus(path, max_tokens=11000, val_fraction=0.1, test_fraction=0.05)
+    assert c.splits == {"train": (0, 9350), "val": (9350, 10450), "test": (10450, 11000)}
+    np.testing.assert_array_equal(c.ids, full.ids[:11000])  # the vocabulary is the whole text's
+    assert c.vocab == full.vocab
+    with pytest.raises(UserError, match=r"config.data.test_fraction=1e-20 of 11000 tokens leaves the test split"):
+        data.load_corpus(path, max_tokens=11000, test_fraction=1e-20)
+
+
+def test_heldout_streams_score_every_token_once():
+    ids = np.arange(100, 203, dtype=np.int32)  # token i at position i - 100
+    s = data.heldout_streams(ids, 30, 103, batch_size=4, chunk=5)
+    assert s.num_tokens == 73 and s.X.shape == (4, 4, 5)  # 4 streams of 19 (padded to 20) in chunks of 5
+    m = s.mask.astype(bool)
+    assert m.sum() == 73
+    np.testing.assert_array_equal(np.sort(s.Y[m]), ids[30:103])  # every target once
+    np.testing.assert_array_equal(s.X[m], s.Y[m] - 1)  # each after the token before it
+    # a stream runs on through its chunks: chunk k+1 continues chunk k
+    np.testing.assert_array_equal(s.Y[1:, :, 0][m[1:, :, 0]], (s.Y[:-1, :, -1] + 1)[m[1:, :, 0]])
 
 
 CORPUS = np.arange(1000, dtype=np.int32)  # token i at position i makes offsets visible
@@ -69,16 +128,16 @@ def test_sequential_iterator(seed):
     B, T = 4, 5
     b = data.seq_data_iter_sequential(CORPUS, B, T, np.random.default_rng(seed))
     n = data.num_batches(len(CORPUS), B, T, False)
-    assert b.X.shape == b.Y.shape == (n, B, T)
+    assert b.X.shape == b.Y.shape == (n, B, T) and len(b) == n
     np.testing.assert_array_equal(b.Y, b.X + 1)  # targets are the inputs shifted by one
     # Row r of minibatch i+1 continues row r of minibatch i: the state can carry over.
     np.testing.assert_array_equal(b.X[1:, :, 0], b.X[:-1, :, -1] + 1)
-    assert b.Y.max() < len(CORPUS)  # nothing read past the end
-    assert 0 <= b.X[0, 0, 0] <= T  # d2l's offset in [0, num_steps]
+    assert b.Y.max() < len(CORPUS) and 0 <= b.X[0, 0, 0] <= T  # d2l's offset in [0, num_steps]
+    np.testing.assert_array_equal(b.block(3, 2).X, b.X[3:5])  # blocks cut from the same epoch
 
 
 def test_sequential_offsets_cover_the_range():
-    offsets = {int(data.seq_data_iter_sequential(CORPUS, 4, 5, np.random.default_rng(s)).X[0, 0, 0])
+    offsets = {int(data.seq_data_iter_sequential(CORPUS, 4, 5, np.random.default_rng(s)).block(0, 1).X[0, 0, 0])
                for s in range(200)}
     assert offsets == set(range(6))
 
@@ -87,15 +146,14 @@ def test_sequential_offsets_cover_the_range():
 def test_random_iterator(seed):
     B, T = 4, 5
     b = data.seq_data_iter_random(CORPUS, B, T, np.random.default_rng(seed))
-    n = data.num_batches(len(CORPUS), B, T, True)
-    assert b.X.shape == (n, B, T)
+    assert b.X.shape == (data.num_batches(len(CORPUS), B, T, True), B, T)
     np.testing.assert_array_equal(b.Y, b.X + 1)
     np.testing.assert_array_equal(np.diff(b.X, axis=-1), 1)  # each row is a contiguous window
     starts = b.X[..., 0].ravel()
     assert len(set(starts)) == len(starts)  # non-overlapping subsequences
-    assert len(set(starts % T)) == 1 and starts.min() % T < T  # one offset in [0, T-1]
-    assert b.Y.max() < len(CORPUS)
-    assert not np.all(np.diff(starts) > 0)  # shuffled
+    assert len(set(starts % T)) == 1  # one offset in [0, T-1]
+    assert b.Y.max() < len(CORPUS) and not np.all(np.diff(starts) > 0)  # shuffled
+    np.testing.assert_array_equal(b.block(2, 3).Y, b.Y[2:5])
 
 
 def test_iterators_reproducible_from_seed():
@@ -111,24 +169,43 @@ def test_iterators_reproducible_from_seed():
 def test_epoch_shape_fixed_for_every_offset(random_iter):
     # One shape per epoch whatever the random offset, so the step compiles once.
     for length in (997, 1000, 1003):
-        shapes = {data.epoch_batches(CORPUS[:length], 4, 5, random_iter, np.random.default_rng(s)).X.shape
+        shapes = {data.EpochBatches(CORPUS[:length], 4, 5, random_iter, np.random.default_rng(s)).X.shape
                   for s in range(60)}
         assert shapes == {(data.num_batches(length, 4, 5, random_iter), 4, 5)}
 
 
 def test_bad_corpora(tmp_path):
+    resolve = lambda path: data.resolve_corpus("timemachine", path, None, None, str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
-        data.resolve_corpus(str(tmp_path / "nope.txt"), None, None, str(tmp_path))
+        resolve(str(tmp_path / "nope.txt"))
+    with pytest.raises(UserError, match="is a directory, not a text file"):
+        resolve(str(tmp_path))
     with pytest.raises(UserError, match="no letters"):
-        data.load_corpus(write(tmp_path, "123 !!\n\n", "empty.txt"))
-    with pytest.raises(UserError, match="not UTF-8"):
-        p = tmp_path / "bin.txt"
-        p.write_bytes(b"abc\xff\xfe")
+        data.load_corpus(write(tmp_path, "123 !!\n\n", "digits.txt"))
+    with pytest.raises(UserError, match="no tokens"):
+        data.load_corpus(write(tmp_path, "", "empty.txt"), normalize="none")
+    p = tmp_path / "bin.txt"
+    p.write_bytes(b"abc\xff\xfe")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        data.load_corpus(str(p))
+    p.write_bytes(b"abc\x00\x01def")
+    with pytest.raises(UserError, match="looks binary"):
         data.load_corpus(str(p))
     with pytest.raises(UserError, match="fewer than one minibatch"):
         data.check_enough(100, 32, 35, False, "the text")
     with pytest.raises(UserError, match="sha1"):
-        data.resolve_corpus(write(tmp_path, "abc"), None, "0" * 40, str(tmp_path))
+        data.resolve_corpus("timemachine", write(tmp_path, "abc"), None, "0" * 40, str(tmp_path))
+    with pytest.raises(UserError, match="not-a-url.* is not a URL"):
+        data.resolve_corpus("timemachine", None, "not-a-url", None, str(tmp_path))
+    with pytest.raises(UserError, match="cannot download"):
+        data.resolve_corpus("timemachine", None, "gopher://x/y", None, str(tmp_path))
+
+
+def test_encode_file_counts_what_the_vocabulary_lacks(tmp_path):
+    vocab = data.Vocab(("<unk>", "a", "b"), "char", "none")
+    ids, missing = data.encode_file(write(tmp_path, "abcab!c"), vocab)
+    np.testing.assert_array_equal(ids, [1, 2, 0, 1, 2, 0, 0])
+    assert missing == {"c": 2, "!": 1}
 
 
 def test_download_file_url_with_checksum(tmp_path):
@@ -153,8 +230,10 @@ def test_download_over_http(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/book.txt"
-        path = data.resolve_corpus(None, url, sha1, str(tmp_path / "cache"))
-        assert data.read_lines(path) == ["it was a dark and stormy night"]
+        path = data.resolve_corpus("timemachine", None, url, sha1, str(tmp_path / "cache"))
+        assert data.load_corpus(path, max_tokens=-1).vocab.join(
+            data.load_corpus(path, max_tokens=-1).vocab.to_tokens(data.load_corpus(path, max_tokens=-1).ids)) \
+            == "it was a dark and stormy night"
         with pytest.raises(UserError, match="cannot download"):
             data.download(url + ".missing", None, str(tmp_path / "cache"))
     finally:

@@ -10,9 +10,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
+from conftest import assert_trees_close
 from lstm_jax import fast_lstm, lstm, models
 from lstm_jax.lstm import LSTMState
-from lstm_jax.train import loss_fn
+from lstm_jax.steps import loss_fn
 
 V, H, B, T = 7, 6, 4, 5
 default_lanes = fast_lstm.default_lanes  # before the fixture below replaces it
@@ -24,36 +25,36 @@ def two_lanes(monkeypatch):
     monkeypatch.setattr(fast_lstm, "default_lanes", lambda batch_size: 2 if batch_size % 2 == 0 else 1)
 
 
-def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False):
+def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False, num_layers=1, embed_dim=0):
     """Weights large enough that the gates are far from linear; a zero or random state."""
     k = jax.random.split(jax.random.key(seed), 6)
-    shapes = jax.eval_shape(lambda key: lstm.init_params(key, V, H), k[0])
-    params = {n: scale * jax.random.normal(jax.random.fold_in(k[1], i), s.shape, dtype)
-              for i, (n, s) in enumerate(shapes.items())}
+    shapes = jax.eval_shape(lambda key: lstm.init_params(key, V, H, num_layers, embed_dim), k[0])
+    leaves, tree = jax.tree.flatten(shapes)
+    params = jax.tree.unflatten(tree, [scale * jax.random.normal(jax.random.fold_in(k[1], i), s.shape, dtype)
+                                       for i, s in enumerate(leaves)])
+    shape = (B, num_layers, H)
     if fresh:
-        state = LSTMState(jnp.zeros((B, H), dtype), jnp.zeros((B, H), dtype))
+        state = LSTMState(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     else:
-        state = LSTMState(jax.random.normal(k[2], (B, H), dtype), jax.random.normal(k[3], (B, H), dtype))
+        state = LSTMState(jax.random.normal(k[2], shape, dtype), jax.random.normal(k[3], shape, dtype))
     tokens = jax.random.randint(k[4], (B, T), 0, V)
     targets = jax.random.randint(k[5], (B, T), 0, V)
     return params, state, tokens, targets
 
 
-def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0, lanes=None):
+def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0, lanes=None, key=None,
+                   dropout=0.0):
     """Training loss (optionally + a term on the final state) and its gradients in params and state."""
-    model = models.make_model("scratch", V, H, impl=impl)
-    apply = model.apply if lanes is None else functools.partial(fast_lstm.apply, lanes=lanes)
+    model = models.make_model("scratch", V, H, impl=impl, num_layers=lstm.num_layers(params),
+                              embed_dim=params["embed"].shape[1] if "embed" in params else 0, dropout=dropout)
+    apply = model.apply if lanes is None else functools.partial(fast_lstm.apply, lanes=lanes, rate=dropout)
 
     def loss(p, s):
-        logits, new = apply(p, s, tokens)
+        logits, new = apply(p, s, tokens, key)
         l = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
         return l + final_state_weight * (jnp.sum(new.h ** 2) + jnp.sum(jnp.sin(new.c)))
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, state)
-
-
-def assert_trees_close(a, b, rtol, atol):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
 
 
 def test_default_impl_is_fast():
@@ -83,6 +84,22 @@ def test_same_loss_and_gradients_float64(fresh, final_state_weight, lanes, trans
             assert float(jnp.abs(grads_f[1].h).max()) > 0  # the state gradient is not trivially zero
 
 
+@pytest.mark.parametrize("num_layers,embed_dim,dropout,lanes", [
+    (2, 0, 0.0, 2), (3, 0, 0.0, 1), (2, 3, 0.3, 2), (3, 4, 0.5, 4)])
+def test_stacked_same_loss_and_gradients_float64(num_layers, embed_dim, dropout, lanes):
+    # Every layer's weights, the embedding, the head and the carried state of every
+    # layer; with dropout the same key drops the same units in both.
+    with jax.enable_x64(True):
+        inputs = random_inputs(11, jnp.float64, num_layers=num_layers, embed_dim=embed_dim)
+        key = jax.random.key(3) if dropout else None
+        kw = dict(final_state_weight=0.7, key=key, dropout=dropout)
+        loss_r, grads_r = loss_and_grads("reference", *inputs, **kw)
+        loss_f, grads_f = loss_and_grads("fast", *inputs, lanes=lanes, **kw)
+        np.testing.assert_allclose(loss_f, loss_r, rtol=1e-12)
+        assert_trees_close(grads_f, grads_r, rtol=1e-10, atol=1e-12)
+        assert float(jnp.abs(grads_f[0]["layer1"]["W_xi"]).max()) > 1e-3  # upper layers really learn
+
+
 @pytest.mark.parametrize("fresh", [True, False])
 def test_same_loss_and_gradients_float32(fresh):
     inputs = random_inputs(2, fresh=fresh)
@@ -102,15 +119,15 @@ def test_same_outputs_and_final_state():
 
 def test_check_grads_float64():
     with jax.enable_x64(True):
-        params, state, tokens, targets = random_inputs(4, jnp.float64)
-        model = models.make_model("scratch", V, H, impl="fast")
+        params, state, tokens, targets = random_inputs(4, jnp.float64, num_layers=2)
+        model = models.make_model("scratch", V, H, impl="fast", num_layers=2)
 
         def loss(p, h, c):
             l, new = loss_fn(model, p, LSTMState(h, c), tokens, targets)
             return l + 0.5 * jnp.sum(new.h * new.c)
 
         # Reverse mode is the hand-written rule (against numerical differences).
-        check_grads(loss, (params, state.h, state.c), order=1, modes=("rev",))
+        check_grads(jax.jit(loss), (params, state.h, state.c), order=1, modes=("rev",))
 
 
 @pytest.mark.parametrize("num_steps", [T, 6, 7])  # 5 steps per loop iteration; 3; 1
@@ -123,7 +140,8 @@ def test_check_grads_recurrence_and_head_float64(num_steps, transposed_h, monkey
         xp, h0, c0 = lanes((num_steps, B // 2, 4 * H), 0), lanes((B // 2, H), 2), lanes((B // 2, H), 4)
         W = 0.5 * jax.random.normal(k[6], (H, 4 * H), jnp.float64)
         W_q, b_q = jax.random.normal(k[7], (H, V), jnp.float64), jax.random.normal(k[8], (V,), jnp.float64)
-        check_grads(fast_lstm.recurrence_and_head, (xp, W, W_q, b_q, h0, c0), order=1, modes=("rev",))
+        check_grads(jax.jit(fast_lstm.recurrence_and_head), (xp, W, W_q, b_q, h0, c0), order=1, modes=("rev",))
+        check_grads(jax.jit(fast_lstm.recurrence), (xp, W, h0, c0), order=1, modes=("rev",))
 
 
 def test_one_time_step():
@@ -230,9 +248,11 @@ def test_config_selects_the_implementation():
     from lstm_jax.errors import UserError
 
     c = configs.get_base_config()
-    assert c.lstm_impl == "fast"
+    assert c.lstm_impl is None and configs.lstm_impl(c) == "fast"  # scratch: the fast path
+    c.model = "concise"
+    assert configs.lstm_impl(c) == "reference"  # concise: flax's own cell
+    c.lstm_impl = "fast"
+    assert configs.lstm_impl(c) == "fast"  # flax's parameters through the fast path, asked for by name
     c.lstm_impl = "slow"
     with pytest.raises(UserError, match="lstm_impl"):
         configs.validate(c)
-    with pytest.raises(UserError, match="lstm_impl"):
-        models.make_model("scratch", V, H, impl="slow")

@@ -1,3 +1,5 @@
+"""The two variants: d2l's math, flax's cell, one interface, stacked layers, dropout, gradients."""
+
 import functools
 
 import jax
@@ -6,20 +8,23 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from conftest import assert_trees_close
 from lstm_jax import lstm, models
 from lstm_jax.lstm import LSTMState
-from lstm_jax.train import loss_fn
+from lstm_jax.steps import loss_fn
 
 V, H, B, T = 7, 6, 3, 5
 
 
-def random_inputs(seed, dtype=jnp.float32, scale=0.5):
+def random_inputs(seed, dtype=jnp.float32, scale=0.5, num_layers=1, embed_dim=0):
     """Weights large enough that the gates are far from linear, plus a non-zero state."""
     k = jax.random.split(jax.random.key(seed), 5)
-    params = jax.tree.map(lambda a: a.astype(dtype), lstm.init_params(k[0], V, H))
-    params = {n: (scale * jax.random.normal(jax.random.fold_in(k[1], i), p.shape, dtype))
-              for i, (n, p) in enumerate(params.items())}
-    state = LSTMState(jax.random.normal(k[2], (B, H), dtype), jax.random.normal(k[3], (B, H), dtype))
+    shapes = jax.eval_shape(lambda: lstm.init_params(k[0], V, H, num_layers, embed_dim))
+    leaves, tree = jax.tree.flatten(shapes)
+    params = jax.tree.unflatten(tree, [scale * jax.random.normal(jax.random.fold_in(k[1], i), s.shape, dtype)
+                                       for i, s in enumerate(leaves)])
+    shape = (B, num_layers, H)
+    state = LSTMState(jax.random.normal(k[2], shape, dtype), jax.random.normal(k[3], shape, dtype))
     tokens = jax.random.randint(k[4], (B, T), 0, V)
     return params, state, tokens
 
@@ -33,93 +38,155 @@ def test_init_matches_d2l():
             assert not np.any(a)
         else:
             assert abs(float(a.std()) - 0.01) < 0.001 and abs(float(a.mean())) < 0.001
+    deep = lstm.init_params(jax.random.key(0), 28, 64, num_layers=3, embed_dim=16)
+    assert set(deep) == {*lstm.PARAM_NAMES, "layer1", "layer2", "embed"}
+    assert deep["W_xi"].shape == (16, 64) and deep["layer2"]["W_xc"].shape == (64, 64)
+    assert tuple(deep["layer1"]) == lstm.LAYER_NAMES and deep["embed"].shape == (28, 16)
+    assert lstm.num_layers(deep) == 3
+    # one layer's weights do not depend on the layers added above it
+    np.testing.assert_array_equal(lstm.init_params(jax.random.key(0), 28, 64, 2)["W_hq"],
+                                  lstm.init_params(jax.random.key(0), 28, 64, 1)["W_hq"])
 
 
 def test_lstm_step_is_the_d2l_formula():
     params, state, tokens = random_inputs(0)
     x = tokens[:, 0]
+    h0, c0 = state.h[:, 0], state.c[:, 0]
     onehot = jax.nn.one_hot(x, V)
-    gate = lambda g: onehot @ params[f"W_x{g}"] + state.h @ params[f"W_h{g}"] + params[f"b_{g}"]
+    gate = lambda g: onehot @ params[f"W_x{g}"] + h0 @ params[f"W_h{g}"] + params[f"b_{g}"]
     I, F, O = (jax.nn.sigmoid(gate(g)) for g in "ifo")
-    C = F * state.c + I * jnp.tanh(gate("c"))
-    new, h = lstm.lstm_step(params, state, x)
-    np.testing.assert_allclose(new.c, C, rtol=1e-6, atol=1e-6)
+    C = F * c0 + I * jnp.tanh(gate("c"))
+    (h, c), out = lstm.lstm_step(params, (h0, c0), x)
+    np.testing.assert_allclose(c, C, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(h, O * jnp.tanh(C), rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(new.h, h)
+    np.testing.assert_array_equal(out, h)
+    # the same step from input vectors (an upper layer, an embedding): the one-hot rows
+    (h2, c2), _ = lstm.lstm_step(params, (h0, c0), onehot)
+    np.testing.assert_allclose(h2, h, rtol=1e-6, atol=1e-7)
+
+
+def test_stacked_layers_feed_each_other():
+    # Layer 2 of a 2-layer model sees layer 1's hidden states: running the layers by
+    # hand, one scan each, gives the stack's logits and final state.
+    params, state, tokens = random_inputs(1, num_layers=2)
+    logits, final = lstm.apply(params, state, tokens)
+    x, hs = tokens.T, []
+    for l in range(2):
+        p = lstm.layer(params, l)
+        (h, c), x = jax.lax.scan(lambda carry, x_t: lstm.lstm_step(p, carry, x_t), (state.h[:, l], state.c[:, l]), x)
+        hs.append((h, c))
+    np.testing.assert_allclose(logits, jnp.swapaxes(x, 0, 1) @ params["W_hq"] + params["b_q"], rtol=1e-6)
+    for l, (h, c) in enumerate(hs):
+        np.testing.assert_array_equal(final.h[:, l], h)
+        np.testing.assert_array_equal(final.c[:, l], c)
+
+
+def test_dropout_only_in_training_and_only_off_the_recurrence():
+    params, state, tokens = random_inputs(2, num_layers=2, embed_dim=4)
+    model = models.make_model("scratch", V, H, impl="reference", num_layers=2, embed_dim=4, dropout=0.5)
+    plain = models.make_model("scratch", V, H, impl="reference", num_layers=2, embed_dim=4)
+    eval_logits, _ = model.apply(params, state, tokens)  # no key: evaluation, no dropout
+    np.testing.assert_array_equal(eval_logits, plain.apply(params, state, tokens)[0])
+    a = model.apply(params, state, tokens, jax.random.key(1))[0]
+    b = model.apply(params, state, tokens, jax.random.key(1))[0]
+    c = model.apply(params, state, tokens, jax.random.key(2))[0]
+    np.testing.assert_array_equal(a, b)  # a function of the key
+    assert not np.allclose(a, c) and not np.allclose(a, eval_logits)
+    x = jnp.ones((4, 100, 8))
+    dropped = lstm.dropout(jax.random.key(0), 3, x, 0.25)
+    np.testing.assert_allclose(np.unique(dropped), [0.0, 1 / 0.75], rtol=1e-6)  # inverted: mean kept
+    assert abs(float((dropped == 0).mean()) - 0.25) < 0.03
 
 
 def test_check_grads_lstm_step_float64():
     with jax.enable_x64(True):
         params, state, tokens = random_inputs(1, jnp.float64)
-        step = lambda p, h, c: lstm.lstm_step(p, LSTMState(h, c), tokens[:, 0])
-        check_grads(step, (params, state.h, state.c), order=2, modes=("fwd", "rev"))
+        step = jax.jit(lambda p, h, c: lstm.lstm_step(p, (h, c), tokens[:, 0]))
+        check_grads(step, (params, state.h[:, 0], state.c[:, 0]), order=2, modes=("fwd", "rev"))
 
 
-def test_check_grads_sequence_loss_float64():
+@pytest.mark.parametrize("num_layers,embed_dim,order", [
+    (1, 0, 1), (2, 3, 1), pytest.param(1, 0, 2, marks=pytest.mark.slow)])
+def test_check_grads_sequence_loss_float64(num_layers, embed_dim, order):
     with jax.enable_x64(True):
-        params, state, tokens = random_inputs(2, jnp.float64)
+        params, state, tokens = random_inputs(2, jnp.float64, num_layers=num_layers, embed_dim=embed_dim)
         targets = jnp.roll(tokens, -1, axis=1)
-        # The reference (autodiff) path: the fast path's custom VJP has no forward
-        # mode; tests/test_fast_lstm.py checks it in reverse mode and against this.
-        model = models.make_model("scratch", V, H, impl="reference")
+        # The reference (autodiff) path; tests/test_fast_lstm.py checks the fast path against it.
+        model = models.make_model("scratch", V, H, impl="reference", num_layers=num_layers,
+                                  embed_dim=embed_dim, dropout=0.3)
+        key = jax.random.key(5)
 
         def loss(p, h, c):
-            return loss_fn(model, p, LSTMState(h, c), tokens, targets)[0]
+            return loss_fn(model, p, LSTMState(h, c), tokens, targets, key)[0]
 
         assert loss(params, *state).dtype == jnp.float64
-        check_grads(loss, (params, state.h, state.c), order=2, modes=("fwd", "rev"))
+        check_grads(jax.jit(loss), (params, state.h, state.c), order=order, modes=("fwd", "rev"))
 
 
 def test_param_mapping_round_trip():
-    params, _, _ = random_inputs(3)
-    flax_params = models.scratch_to_concise(params)
-    concise = models.make_model("concise", V, H)
-    expected = jax.eval_shape(concise.init, jax.random.key(0))
-    assert jax.tree.structure(flax_params) == jax.tree.structure(expected)
-    assert jax.tree.map(jnp.shape, flax_params) == jax.tree.map(jnp.shape, expected)
-    back = models.concise_to_scratch(flax_params)
-    assert tuple(back) == lstm.PARAM_NAMES
-    jax.tree.map(np.testing.assert_array_equal, back, params)
+    for num_layers, embed_dim in ((1, 0), (3, 4)):
+        params, _, _ = random_inputs(3, num_layers=num_layers, embed_dim=embed_dim)
+        flax_params = models.scratch_to_concise(params)
+        concise = models.make_model("concise", V, H, num_layers=num_layers, embed_dim=embed_dim)
+        expected = jax.eval_shape(concise.init, jax.random.key(0))
+        assert jax.tree.structure(flax_params) == jax.tree.structure(expected)
+        assert jax.tree.map(jnp.shape, flax_params) == jax.tree.map(jnp.shape, expected)
+        back = models.concise_to_scratch(flax_params)
+        jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
-@pytest.mark.parametrize("seed,scratch_impl", [(0, "reference"), (1, "reference"), (2, "fast")])
-def test_scratch_and_flax_agree_on_logits_loss_and_gradients(seed, scratch_impl):
-    # Against flax's own OptimizedLSTMCell (impl="reference"): d2l's math and the fast path.
-    params, state, tokens = random_inputs(seed)
+@pytest.mark.parametrize("seed,scratch_impl,num_layers,embed_dim,dropout", [
+    (0, "reference", 1, 0, 0.0), (1, "reference", 2, 0, 0.0), (2, "fast", 1, 0, 0.0),
+    (3, "fast", 2, 4, 0.4), (4, "reference", 3, 0, 0.2)])
+def test_scratch_and_flax_agree_on_logits_loss_and_gradients(seed, scratch_impl, num_layers, embed_dim,
+                                                               dropout):
+    # Against flax's own OptimizedLSTMCell (the concise default): d2l's math and the fast path.
+    params, state, tokens = random_inputs(seed, num_layers=num_layers, embed_dim=embed_dim)
     targets = jax.random.randint(jax.random.key(seed + 100), (B, T), 0, V)
-    scratch = models.make_model("scratch", V, H, impl=scratch_impl)
-    concise = models.make_model("concise", V, H, impl="reference")
+    key = jax.random.key(seed) if dropout else None
+    kw = dict(num_layers=num_layers, embed_dim=embed_dim, dropout=dropout)
+    scratch = models.make_model("scratch", V, H, impl=scratch_impl, **kw)
+    concise = models.make_model("concise", V, H, **kw)
     flax_params = models.scratch_to_concise(params)
 
-    logits_s, state_s = jax.jit(scratch.apply)(params, state, tokens)
-    logits_c, state_c = jax.jit(concise.apply)(flax_params, state, tokens)
-    assert logits_s.shape == (B, T, V)
+    logits_s, state_s = jax.jit(scratch.apply)(params, state, tokens, key)
+    logits_c, state_c = jax.jit(concise.apply)(flax_params, state, tokens, key)
+    assert logits_s.shape == (B, T, V) and float(jnp.abs(logits_s).max()) > 0.5  # not a trivial output
     np.testing.assert_allclose(logits_s, logits_c, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(state_s.h, state_c.h, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(state_s.c, state_c.c, rtol=1e-5, atol=1e-6)
+    assert_trees_close(state_s, state_c, rtol=1e-5, atol=1e-6)
 
     grad = lambda m: jax.jit(jax.value_and_grad(functools.partial(loss_fn, m), has_aux=True))
-    (loss_s, _), g_s = grad(scratch)(params, state, tokens, targets)
-    (loss_c, _), g_c = grad(concise)(flax_params, state, tokens, targets)
+    (loss_s, _), g_s = grad(scratch)(params, state, tokens, targets, key)
+    (loss_c, _), g_c = grad(concise)(flax_params, state, tokens, targets, key)
     np.testing.assert_allclose(loss_s, loss_c, rtol=1e-6)
     assert float(loss_s) > 0.5  # a real loss, not a degenerate zero
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 g_s, models.concise_to_scratch(g_c))
+    assert_trees_close(g_s, models.concise_to_scratch(g_c), rtol=1e-4, atol=1e-6)
 
 
-def test_final_state_is_last_hidden_output():
-    params, state, tokens = random_inputs(4)
-    h_BxTxH, final = lstm.lstm_sequence(params, state, tokens)
-    np.testing.assert_array_equal(h_BxTxH[:, -1], final.h)
+def test_concise_default_runs_flax_cell():
+    # "concise" is the library's layer: by default its apply IS flax's module, not our fast path.
+    params, state, tokens = random_inputs(5)
+    flax_params = models.scratch_to_concise(params)
+    concise = models.make_model("concise", V, H)
+    module = models.ConciseLSTM(V, H)
+    np.testing.assert_array_equal(concise.apply(flax_params, state, tokens)[0],
+                                  module.apply(flax_params, state, tokens)[0])
+    jaxpr = str(jax.make_jaxpr(concise.apply)(flax_params, state, tokens))
+    assert "custom_vjp" not in jaxpr
+    fast = str(jax.make_jaxpr(models.make_model("concise", V, H, impl="fast").apply)(flax_params, state, tokens))
+    assert "custom_vjp" in fast
 
 
 @pytest.mark.parametrize("variant", ["scratch", "concise"])
 def test_bfloat16_compute_keeps_float32_params_and_logits(variant):
     model = models.make_model(variant, V, H, "bfloat16")
-    params = model.init(jax.random.key(0))
-    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params))
-    logits, state = model.apply(params, model.initial_state(B), jnp.zeros((B, T), jnp.int32))
-    assert logits.dtype == jnp.float32 and state.h.dtype == jnp.bfloat16
-    ref, _ = models.make_model(variant, V, H).apply(params, models.make_model(variant, V, H).initial_state(B),
-                                                     jnp.zeros((B, T), jnp.int32))
-    np.testing.assert_allclose(logits, ref, atol=2e-2)
+    params, state, tokens = random_inputs(6)
+    if variant == "concise":
+        params = models.scratch_to_concise(params)
+    logits, new = model.apply(params, state, tokens)
+    assert logits.dtype == jnp.float32 and new.h.dtype == jnp.bfloat16
+    ref, _ = models.make_model(variant, V, H).apply(params, state, tokens)
+    scale = float(jnp.abs(ref).max())
+    assert scale > 1  # the weights make real logits, so the tolerance below means something
+    np.testing.assert_allclose(logits, ref, atol=0.02 * scale)
+    assert not np.array_equal(logits, ref)  # bf16 really ran

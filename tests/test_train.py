@@ -1,15 +1,16 @@
+"""The training loop: it learns, it is a function of its config, it evaluates and stops as asked."""
+
 import json
+import math
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import run_cli
-from lstm_jax import train
+from conftest import assert_same_params, quiet
+from lstm_jax import configs, experiment, steps, train
 from lstm_jax.errors import UserError
 from lstm_jax.reporting import read_metrics
-
-quiet = dict(log=lambda m: None, progress=False)
 
 
 @pytest.mark.parametrize("variant,bound", [("scratch", 16.5), ("concise", 12.0)])
@@ -19,83 +20,165 @@ def test_a_few_epochs_learn_the_book(tiny_config, tmp_path, variant, bound):
     c = tiny_config
     c.model, c.learning_rate, c.num_epochs = variant, 4.0, 6
     summary = train.train_and_evaluate(c, str(tmp_path), **quiet)
-    ppl = [r["train_ppl"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))]
-    assert len(ppl) == 6
-    assert ppl[0] < 28
-    assert ppl[-1] < bound and ppl[-1] < 0.85 * ppl[0], ppl
-    assert summary["final_train_ppl"] == ppl[-1]
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
+    ppl = [r["train_ppl"] for r in records]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6] and records[-1]["step"] == 6 * 24
+    assert ppl[0] < 28 and ppl[-1] < bound and ppl[-1] < 0.85 * ppl[0], ppl
+    assert summary["final_train_ppl"] == ppl[-1] == pytest.approx(math.exp(records[-1]["train_loss"]))
     assert summary["compile_s"] > 0 and summary["tokens_per_sec_median"] > 0
+    assert summary["num_params"] == (28 + 32 + 1) * 4 * 32 + 33 * 28
+    assert 0 < records[0]["elapsed_s"] < records[-1]["elapsed_s"] == pytest.approx(summary["train_s"])
 
 
 def test_run_is_a_function_of_config_and_seed(tiny_config, tmp_path):
+    tiny_config.dropout, tiny_config.num_layers = 0.3, 2  # dropout's randomness comes from the seed too
     a = train.train_and_evaluate(tiny_config, str(tmp_path / "a"), **quiet)
     b = train.train_and_evaluate(tiny_config, str(tmp_path / "b"), **quiet)
     tiny_config.seed = 1
     c = train.train_and_evaluate(tiny_config, str(tmp_path / "c"), **quiet)
-    jax.tree.map(np.testing.assert_array_equal, a["train_state"].params, b["train_state"].params)
+    assert_same_params(a["train_state"].params, b["train_state"].params)
     assert a["final_train_ppl"] == b["final_train_ppl"] != c["final_train_ppl"]
 
 
-def test_block_size_does_not_change_the_result(tiny_config, tmp_path):
-    # An epoch cut into several compiled calls is the same computation.
+def test_how_an_epoch_is_cut_does_not_change_the_result(tiny_config, tmp_path):
+    # One compiled program takes any number of minibatches: 24 a call or 7, 7, 7, 3.
     whole = train.train_and_evaluate(tiny_config, str(tmp_path / "a"), **quiet)
-    tiny_config.batches_per_call = 7  # 24 minibatches -> 7, 7, 7, 3
+    tiny_config.batches_per_call = 7
     cut = train.train_and_evaluate(tiny_config, str(tmp_path / "b"), **quiet)
-    assert whole["final_train_ppl"] == pytest.approx(cut["final_train_ppl"], rel=1e-6)
+    assert_same_params(whole["train_state"].params, cut["train_state"].params)
 
 
 @pytest.mark.parametrize("random_iter", [False, True])
-def test_partitionings_and_heldout_perplexity(tiny_config, tmp_path, random_iter):
-    tiny_config.data.random_iter = random_iter
-    tiny_config.data.num_val = 500
-    train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
+def test_partitionings_and_heldout_scores(tiny_config, tmp_path, random_iter):
+    c = tiny_config
+    c.data.random_iter, c.data.max_tokens, c.data.val_fraction, c.data.test_fraction = random_iter, 2600, 0.15, 0.1
+    summary = train.train_and_evaluate(c, str(tmp_path), **quiet)
     records = read_metrics(str(tmp_path / "metrics.jsonl"))
     assert all(1 < r["val_ppl"] < 40 for r in records)
-    assert records[-1]["val_ppl"] < records[0]["val_ppl"]
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    r = records[-1]
+    assert r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2)) and r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+    assert summary["best_val_loss"] == min(x["val_loss"] for x in records)
+    assert 1 < summary["test_ppl"] < 40 and summary["test_bpc"] == pytest.approx(summary["test_loss"] / math.log(2))
+    assert (tmp_path / "best").is_dir()
+
+
+def test_evaluation_scores_the_whole_split_with_the_state_carried(tiny_config):
+    c = tiny_config
+    c.data.val_fraction = 0.2
+    exp = experiment.Experiment.from_config(c)
+    params = exp.init_train_state().params
+    got = experiment.Programs(exp, exp.init_train_state()).evaluate(params, "val")
+    # By hand: each stream through all its tokens at once, from zeros.
+    s = exp.heldout["val"]
+    X, Y, M = (np.swapaxes(a, 0, 1).reshape(a.shape[1], -1) for a in (s.X, s.Y, s.mask))
+    logits, _ = exp.model.apply(params, exp.model.initial_state(X.shape[0]), X)
+    ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), Y[..., None], -1)[..., 0]
+    start, end = exp.corpus.splits["val"]
+    assert s.num_tokens == end - start == M.sum()
+    assert got["val_loss"] == pytest.approx(float((ce * M).sum() / M.sum()), rel=1e-5)
+
+
+def test_eval_every_steps_and_the_best_checkpoint(tiny_config, tmp_path):
+    c = tiny_config
+    c.data.val_fraction, c.eval_every_steps, c.num_epochs = 0.1, 10, 2  # 22 minibatches an epoch
+    train.train_and_evaluate(c, str(tmp_path), **quiet)
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert [(r["step"], "val_loss" in r) for r in records] == [
+        (10, True), (20, True), (22, False), (30, True), (40, True), (44, True)]  # 44: the end
+    best = min(records, key=lambda r: r.get("val_loss", math.inf))
+    assert [p.name for p in (tmp_path / "best").iterdir()] == [str(best["step"])]
+    assert all(r["elapsed_s"] > 0 for r in records)
+
+
+def test_time_budget_stops_evaluates_and_saves(tiny_config, tmp_path):
+    c = tiny_config
+    c.num_epochs, c.time_budget_s, c.batches_per_call, c.data.val_fraction = 10_000, 0.5, 4, 0.1
+    summary = train.train_and_evaluate(c, str(tmp_path), **quiet)
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert 0.5 <= summary["train_s"] < 5 and not summary["interrupted"]
+    assert "val_loss" in records[-1] and records[-1]["step"] == summary["steps"] == summary["checkpoint_step"]
+    # Resuming a finished run says so and trains nothing (nothing is compiled either).
+    again = train.train_and_evaluate(c, str(tmp_path), **quiet)
+    assert again["steps"] == summary["steps"] and len(read_metrics(str(tmp_path / "metrics.jsonl"))) == len(records)
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine"), ("sgd", "cosine")])
+def test_optimizers_and_schedules(tiny_config, tmp_path, optimizer, schedule):
+    c = tiny_config
+    c.optimizer, c.lr_schedule, c.warmup_steps, c.weight_decay = optimizer, schedule, 5, 0.1
+    c.learning_rate, c.num_epochs = (4.0 if optimizer == "sgd" else 0.02), 4
+    summary = train.train_and_evaluate(c, str(tmp_path), **quiet)
+    ppl = [r["train_ppl"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))]
+    assert ppl[-1] < 18 and ppl[-1] < 0.9 * ppl[0], ppl  # below letter frequencies (about 17-18)
+    ts = summary["train_state"]
+    assert float(ts.opt_state[1].hyperparams["learning_rate"]) == pytest.approx(c.learning_rate)  # the peak
+
+
+def test_schedule_follows_warmup_and_cosine(tiny_config):
+    c = tiny_config
+    c.lr_schedule, c.warmup_steps, c.learning_rate = "cosine", 10, 2.0
+    opt = steps.make_optimizer(c, total_steps=110)
+    params = {"w": np.ones(3, np.float32)}
+    state = opt.init(params)
+    grads = {"w": np.full(3, 0.1, np.float32)}  # under the clipping norm: updates are -lr * g
+    rates = []
+    for _ in range(111):
+        updates, state = opt.update(grads, state, params)
+        rates.append(-float(updates["w"][0]) / 0.1)
+    assert rates[0] == 0 and rates[5] == pytest.approx(1.0) and rates[10] == pytest.approx(2.0)
+    assert rates[60] == pytest.approx(1.0, rel=1e-5) and rates[110] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_config, tmp_path):
     tiny_config.learning_rate = float("inf")  # the first update makes every weight inf or nan
-    tiny_config.num_epochs = 5
-    with pytest.raises(UserError, match=r"loss became (nan|inf) in epoch \d"):
+    with pytest.raises(UserError, match=r"loss became (nan|inf) in epoch 1 .*checkpoints/0; try a smaller"):
         train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
 
 
-def test_cli_end_to_end(tmp_path):
-    out = run_cli("-m", "lstm_jax.train", "--config", "experiments/scratch.py",
-                  f"--workdir={tmp_path}", "--config.num_epochs=2", "--config.log_every=1",
-                  "--config.num_hiddens=64")
-    assert out.returncode == 0, out.stderr
-    platform = jax.default_backend()  # cpu here; gpu under scripts/gpu_check.sh
-    assert f"devices: {platform}" in out.stdout
-    assert "epoch 2: perplexity" in out.stdout and f"tokens/sec on {platform}" in out.stdout
-    assert out.stdout.count("time traveller") >= 3
-    records = read_metrics(str(tmp_path / "metrics.jsonl"))
-    assert [r["epoch"] for r in records] == [1, 2]
-    assert {"epoch", "train_ppl", "tokens_per_sec"} <= set(records[0])
-    assert (tmp_path / "perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "config.json").read_text())["num_hiddens"] == 64
-    assert len(json.loads((tmp_path / "vocab.json").read_text())["idx_to_token"]) == 28
+def test_a_model_that_cannot_fit_is_refused_before_anything_is_allocated(tiny_config, tmp_path):
+    tiny_config.num_hiddens = 100_000
+    with pytest.raises(UserError, match=r"needs about \d+\.\d GB to train .* has \d+\.\d GB available"):
+        train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--config.num_epoch=3"], "--config.num_epoch: the config has no field 'num_epoch'"),
-    (["--config.data.pth=x"], "--config.data.pth: the config has no field 'data.pth'"),
-    (["--config.num_epochs=2.5"], "--config.num_epochs=2.5"),
-    (["--config.data.path=/does/not/exist.txt"], "/does/not/exist.txt does not exist"),
-    (["--config.model=gru"], "config.model must be"),
+@pytest.mark.parametrize("field,value,message", [
+    ("learning_rate", -0.5, "config.learning_rate must be positive, got -0.5"),
+    ("grad_clip", 0.0, "config.grad_clip must be positive, got 0.0"),
+    ("dropout", 1.0, "config.dropout must be in [0, 1), got 1.0"),
+    ("num_layers", 0, "config.num_layers must be positive, got 0"),
+    ("optimizer", "rmsprop", "config.optimizer must be one of 'sgd', 'adam', 'adamw', got 'rmsprop'"),
+    ("lr_schedule", "step", "config.lr_schedule must be one of 'constant', 'cosine', got 'step'"),
+    ("time_budget_s", -1.0, "config.time_budget_s must be >= 0, got -1.0"),
+    ("model", "gru", "config.model must be one of 'scratch', 'concise', got 'gru'"),
+    ("data.corpus", "ptb", "config.data.corpus must be one of 'timemachine', 'tinyshakespeare', got 'ptb'"),
+    ("data.val_fraction", 0.7, "config.data.val_fraction + config.data.test_fraction must be < 1"),
 ])
-def test_cli_bad_input_is_one_line(tmp_path, args, expected):
-    out = run_cli("-m", "lstm_jax.train", "--config", "experiments/scratch.py",
-                  f"--workdir={tmp_path}", *args)
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    assert expected in lines[0]
-    assert "Traceback" not in out.stderr
+def test_config_validation_names_field_and_value(tiny_config, field, value, message):
+    c = tiny_config
+    if field == "data.val_fraction":
+        c.data.test_fraction = 0.3
+    *parent, leaf = field.split(".")
+    (c.data if parent else c)[leaf] = value
+    with pytest.raises(UserError) as e:
+        configs.validate(c)
+    assert message in str(e.value)
 
 
-def test_cli_missing_config_file(tmp_path):
-    out = run_cli("-m", "lstm_jax.train", "--config", "experiments/nope.py", f"--workdir={tmp_path}")
-    assert out.returncode != 0
-    assert out.stderr.strip().startswith("error: cannot load config file experiments/nope.py")
+def test_training_split_too_small_names_it(tiny_config, tmp_path):
+    tiny_config.data.max_tokens, tiny_config.data.val_fraction = 150, 0.5
+    with pytest.raises(UserError, match=r"the training split of .*timemachine.txt has 75 tokens, fewer than one"):
+        train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
+
+
+def test_config_differences_ignore_new_and_retired_defaults():
+    base = configs.get_base_config()
+    old = configs.as_dict(base)
+    del old["num_layers"], old["data"]["val_fraction"]  # a config saved before these fields existed
+    old["data"]["num_val"] = 0  # retired, at its neutral value
+    assert configs.differences(old, base) == []
+    old["data"]["num_val"] = 500
+    assert configs.differences(old, base) == ["data.num_val (500 -> None)"]
+    base.num_hiddens, base.num_epochs = 64, 7  # num_epochs may change on resume
+    assert configs.differences(old, base)[1] == "num_hiddens (256 -> 64)"
