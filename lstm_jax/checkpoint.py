@@ -179,31 +179,33 @@ def restore_latest_readable(ckpts: Checkpoints, abstract_arrays=None, warn=None,
     can be saved again; readers leave it in place.
     """
     candidates = list(reversed(ckpts.steps()))
-
-    def fall_back(error, i):
-        if i + 1 == len(candidates):
-            raise error
-        moved = ""
-        if quarantine is not None:
-            os.makedirs(quarantine, exist_ok=True)
-            target = os.path.join(quarantine, str(candidates[i]))
-            shutil.move(ckpts.where(candidates[i]), target)
-            moved = f" (moved to {target})"
-        (warn or warnings.warn)(f"{error}{moved}; falling back to checkpoint {candidates[i + 1]}")
-
-    for i, step in enumerate(candidates):
+    problems = []  # (step, error) of the unreadable ones, newest first
+    for step in candidates:
         try:
             meta, config, vocab = ckpts.restore_json(step)
         except UserError as e:
-            fall_back(e, i)
+            problems.append((step, e))
             continue
         if check is not None:
-            check(meta, config, vocab)
+            check(meta, config, vocab)  # an incompatible run is refused, not skipped
         try:
-            return ckpts.restore(step, abstract_arrays)
+            restored = ckpts.restore(step, abstract_arrays)
         except UserError as e:
-            fall_back(e, i)
-    raise UserError(f"no checkpoints in {ckpts.directory}")
+            problems.append((step, e))
+            continue
+        for bad, error in problems:
+            moved = ""
+            if quarantine is not None:
+                os.makedirs(quarantine, exist_ok=True)
+                target = os.path.join(quarantine, str(bad))
+                shutil.move(ckpts.where(bad), target)
+                moved = f" (moved to {target})"
+            (warn or warnings.warn)(f"{error}{moved}; falling back to checkpoint {step}")
+        return restored
+    if not problems:
+        raise UserError(f"no checkpoints in {ckpts.directory}")
+    more = f" (and the {len(problems) - 1} before it too)" if len(problems) > 1 else ""
+    raise UserError(f"{problems[0][1]}{more}; no readable checkpoint is left in {ckpts.directory}")
 
 
 class Loaded(NamedTuple):
