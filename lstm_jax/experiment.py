@@ -109,19 +109,23 @@ class Programs:
         start = time.perf_counter()
         c, sh = exp.config, exp.shardings
         shape = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-        fn = jax.jit(functools.partial(train_block, exp.model, exp.optimizer, c.data.random_iter),
+        block = functools.partial(train_block, exp.model, exp.optimizer, c.data.random_iter)
+        # The dropout key travels as its raw data: a host value every process can pass.
+        fn = jax.jit(lambda ts, state, X, Y, n, key_data: block(ts, state, X, Y, n, jax.random.wrap_key_data(key_data)),
                      in_shardings=(sh.replicated, sh.rows, sh.blocks, sh.blocks, sh.replicated, sh.replicated),
                      out_shardings=(sh.replicated, sh.rows, sh.replicated), donate_argnums=(0, 1))
         XY = jax.ShapeDtypeStruct((exp.block_length, c.batch_size, c.num_steps), jnp.int32)
+        key_data = jax.eval_shape(lambda: jax.random.key_data(exp.dropout_key))
         lowered = fn.lower(shape(ts), jax.eval_shape(lambda: exp.model.initial_state(c.batch_size)), XY, XY,
-                           jax.ShapeDtypeStruct((), jnp.int32), jax.eval_shape(lambda: exp.dropout_key))
-        self.train = distributed.placed(compile_cached(lowered))
+                           jax.ShapeDtypeStruct((), jnp.int32), key_data)
+        train = distributed.placed(compile_cached(lowered))
+        self.train = lambda ts, state, X, Y, n, key: train(ts, state, X, Y, n, np.asarray(jax.random.key_data(key)))
         self._eval, self._heldout = {}, exp.heldout
         evaluate = jax.jit(functools.partial(eval_loss_sum, exp.model),
                            in_shardings=(sh.replicated, sh.blocks, sh.blocks, sh.blocks),
                            out_shardings=sh.replicated)
         for name, s in exp.heldout.items():
-            self._eval[name] = distributed.placed(compile_cached(evaluate.lower(shape(ts.params), s.X, s.Y, s.mask)))
+            self._eval[name] = distributed.placed(compile_cached(evaluate.lower(shape(ts.params), *shape(s[:3]))))
         self.compile_s = time.perf_counter() - start
 
     def evaluate(self, params, split: str) -> dict:

@@ -164,8 +164,10 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
             with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
                 f.write(text)
     fresh = pos is None
-    if fresh:
-        pos = Position(exp.init_train_state(), exp.model.initial_state(c.batch_size), 0, 0, _no_pending(), 0.0)
+    if fresh:  # placed on the mesh, as the compiled step returns them (a checkpoint saves them so)
+        sh = exp.shardings
+        pos = Position(distributed.place(exp.init_train_state(), sh.replicated),
+                       distributed.place(exp.model.initial_state(c.batch_size), sh.rows), 0, 0, _no_pending(), 0.0)
     programs = Programs(exp, pos.ts)
     log(f"compiled the train step{' and evaluation' if exp.heldout else ''} in {programs.compile_s:.2f} s")
     if fresh:  # results never exist without a checkpoint to resume them from

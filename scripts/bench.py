@@ -1,38 +1,31 @@
-"""Training speed, side by side: the JAX LSTMs against PyTorch's ``nn.LSTM``.
+"""Training speed, side by side: the JAX LSTMs against PyTorch's ``nn.LSTM``, in one process.
 
-  python scripts/bench.py                          # d2l's config and batch 256 / hidden 512
-  python scripts/bench.py --rounds 3 --configs d2l # about a minute
-  python scripts/bench.py --json bench.json        # also write the numbers as JSON
+  python scripts/bench.py                                  # d2l and big
+  python scripts/bench.py --configs shakespeare,shakespeare_small,word --rounds 5
+  python scripts/bench.py --configs d2l --rounds 3 --json bench.json
 
-For every config, each implementation trains on the same minibatches (The Time
-Machine, d2l's sequential partitioning, state carried across minibatches),
-with the same loss (mean cross-entropy), gradient clipping (global norm 1) and
-SGD. The JAX models run exactly as ``python -m lstm_jax.train`` runs them
-(``train.compile_steps`` + ``train.train_epoch``), so the tokens/sec here is
-what training prints. A round is a whole number of epochs (about
-``--round-seconds``); the implementations take turns round by round, so drift
-in the machine's load hits all of them alike. Warm-up rounds are not counted.
+For every config each implementation trains on the same minibatches (d2l's
+sequential partitioning, state carried across minibatches) with the same loss
+(mean cross-entropy), clipping (global norm 1) and SGD. The JAX models run the
+training CLI's compiled train step (``experiment.Programs``). A round is about
+``--round-seconds`` of minibatches; the implementations take turns round by
+round, so drift in the machine's load hits all of them alike; warm-up rounds
+are not counted.
 
-Implementations (``--impls``; the torch ones only when torch is importable,
-``pip install -e '.[torch]'``):
+Implementations (``--impls``; the torch ones only when torch is importable, ``pip install -e '.[dev]'``):
 
   scratch            the scratch model as trained by default (the fast path)
   scratch_reference  the scratch model by autodiff of lstm.lstm_step (lstm_impl="reference")
-  concise            the concise model (flax OptimizedLSTMCell's parameters) as trained by
-                     default: through the fast path
-  concise_reference  flax's OptimizedLSTMCell itself under nn.RNN (lstm_impl="reference")
-  scratch_dp2        the scratch model, batch split over 2 host devices (XLA_FLAGS=
-                     --xla_force_host_platform_device_count=2, shard_map data parallelism),
-                     in a subprocess driven round by round
-  torch              torch.nn.LSTM on one-hot inputs + nn.Linear head, as d2l's concise model
-  torch_scratch      d2l's from-scratch LSTM in PyTorch (a Python loop over time steps)
+  concise            flax's OptimizedLSTMCell under nn.RNN (the concise model's default)
+  concise_fast       flax's parameters through the fast path (lstm_impl="fast")
+  torch              torch.nn.LSTM(num_layers=L) + nn.Linear head (one-hot input or nn.Embedding)
 
-``first_step_s``: for JAX, from the start of compilation to the first epoch's
-losses on the host (compile + one epoch of the config); ``compile_s`` is the
-ahead-of-time compile alone, as the training CLI reports it. For torch, the
-first minibatch (no compilation). ``other_load_cores`` is how many of the CPU
-cores other processes kept busy while the rounds ran (from /proc/stat, minus
-this benchmark's own CPU time).
+``flops_per_token``: matrix products only, forward and backward (3x the
+forward's: the input and weight gradients), the one-hot input counted as the
+row lookup it is (0 FLOPs); ``matmul_peak_gflops``: a 2048 x 2048 float32
+product measured in the same run, so ``fraction_of_peak`` compares with the
+machine. ``first_step_s``: for JAX, compiling plus the first minibatch on the
+host; for torch, the first minibatch.
 """
 
 from __future__ import annotations
@@ -43,23 +36,25 @@ import functools
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+# name: batch, steps, hidden, layers, training tokens (0: all), corpus, tokens, normalize, embedding
 CONFIGS = {
-    # d2l's chapter: 10,000 characters of The Time Machine = 8 minibatches per epoch.
-    "d2l": dict(batch_size=32, num_steps=35, num_hiddens=256, max_tokens=10000),
-    # The issue's large config: 4 minibatches of 256 x 35 per epoch.
-    "big": dict(batch_size=256, num_steps=35, num_hiddens=512, max_tokens=40000),
-    # Tiny: for the smoke test.
-    "tiny": dict(batch_size=4, num_steps=5, num_hiddens=16, max_tokens=300),
+    "d2l": dict(batch_size=32, num_steps=35, num_hiddens=256, num_layers=1, max_tokens=10000),
+    "big": dict(batch_size=256, num_steps=35, num_hiddens=512, num_layers=1, max_tokens=40000),
+    "shakespeare": dict(batch_size=64, num_steps=100, num_hiddens=512, num_layers=2, max_tokens=0,
+                        corpus="tinyshakespeare", normalize="none"),
+    "shakespeare_small": dict(batch_size=64, num_steps=64, num_hiddens=256, num_layers=2, max_tokens=0,
+                              corpus="tinyshakespeare", normalize="none"),
+    "word": dict(batch_size=20, num_steps=20, num_hiddens=200, num_layers=2, max_tokens=0, token="word"),
+    "tiny": dict(batch_size=4, num_steps=5, num_hiddens=16, num_layers=1, max_tokens=300),  # the smoke test
 }
-JAX_IMPLS = ("scratch", "scratch_reference", "concise", "concise_reference", "scratch_dp2")
-TORCH_IMPLS = ("torch", "torch_scratch")
-DEFAULT_IMPLS = ("scratch", "scratch_reference", "concise", "concise_reference", "torch", "torch_scratch")
+JAX_IMPLS = ("scratch", "scratch_reference", "concise", "concise_fast")
+TORCH_IMPLS = ("torch",)
+DEFAULT_IMPLS = ("torch", "scratch", "scratch_reference", "concise", "concise_fast")
 
 
 def torch_available() -> bool:
@@ -73,278 +68,145 @@ def torch_available() -> bool:
 def make_config(name: str, impl: str):
     from lstm_jax import configs
 
-    c = configs.get_base_config()
-    spec = CONFIGS[name]
-    c.batch_size, c.num_steps, c.num_hiddens = spec["batch_size"], spec["num_steps"], spec["num_hiddens"]
+    c, spec = configs.get_base_config(), CONFIGS[name]
+    for key in ("batch_size", "num_steps", "num_hiddens", "num_layers"):
+        c[key] = spec[key]
     c.data.max_tokens = spec["max_tokens"]
+    c.data.corpus = spec.get("corpus", "timemachine")
+    c.data.normalize = spec.get("normalize", "d2l")
+    c.data.token = spec.get("token", "char")
+    c.batches_per_call = 8
     c.model = "concise" if impl.startswith("concise") else "scratch"
-    c.lstm_impl = "reference" if impl.endswith("_reference") else "fast"
+    c.lstm_impl = {"scratch": "fast", "concise_fast": "fast"}.get(impl, "reference")
     return c
 
 
-class Runner:
-    """One implementation on one config: ``run(epochs) -> (tokens, seconds)``."""
-
-    first_step_s: float
-    compile_s: float | None = None
-
-    def close(self):
-        pass
+def flops_per_token(c, vocab_size: int) -> int:
+    H, L = c.num_hiddens, c.num_layers
+    forward = (L - 1) * H * 4 * H + L * H * 4 * H + H * vocab_size  # input projections, recurrence, head
+    return 3 * 2 * forward
 
 
-class JaxRunner(Runner):
+class JaxRunner:
     def __init__(self, config_name: str, impl: str):
         import jax
 
-        from lstm_jax import train
+        from lstm_jax.experiment import Experiment, Programs
 
-        self.train = train
-        self.exp = train.Experiment.from_config(make_config(config_name, impl))
-        ts = self.exp.init_train_state()
-        jax.block_until_ready(ts)
+        self.exp = exp = Experiment.from_config(make_config(config_name, impl))
+        self.ts = exp.init_train_state()
+        jax.block_until_ready(self.ts)
         start = time.perf_counter()
-        if impl == "scratch_dp2":
-            self.compiled, self.compile_s = compile_steps_data_parallel(self.exp, ts)
-        else:
-            self.compiled, self.compile_s = train.compile_steps(self.exp, ts)
-        self.ts, self.epoch = ts, 0
+        self.programs = Programs(exp, self.ts)
+        self.compile_s = self.programs.compile_s
+        self.key, self.epoch, self.done, self.batches = exp.dropout_key, 0, 0, exp.epoch_batches(0)
+        self.state = exp.model.initial_state(exp.config.batch_size)
         self.run(1)
         self.first_step_s = time.perf_counter() - start
 
-    def run(self, epochs: int):
-        start = time.perf_counter()
-        for _ in range(epochs):
-            self.ts, metrics = self.train.train_epoch(self.exp, self.compiled, self.ts, self.epoch)
-            self.epoch += 1
-        seconds = time.perf_counter() - start
-        if not np.all(np.isfinite(metrics["loss"])):
+    def run(self, num_batches: int):
+        """Train ``num_batches`` minibatches (epochs wrap around); returns (tokens, seconds)."""
+        c, N = self.exp.config, self.exp.block_length
+        X = np.zeros((N, c.batch_size, c.num_steps), np.int32)
+        Y = np.zeros_like(X)
+        start, left = time.perf_counter(), num_batches
+        while left:
+            n = min(N, left, self.exp.batches_per_epoch - self.done)
+            block = self.batches.block(self.done, n)
+            X[:n], Y[:n] = block.X, block.Y
+            self.ts, self.state, m = self.programs.train(self.ts, self.state, X, Y, np.int32(n), self.key)
+            loss = np.asarray(m["loss"])[:n]
+            left, self.done = left - n, self.done + n
+            if self.done == self.exp.batches_per_epoch:
+                self.epoch, self.done = self.epoch + 1, 0
+                self.batches = self.exp.epoch_batches(self.epoch)
+                self.state = self.exp.model.initial_state(c.batch_size)
+        if not np.all(np.isfinite(loss)):
             raise RuntimeError("the loss is not finite")
-        c = self.exp.config
-        return epochs * self.exp.batches_per_epoch * c.batch_size * c.num_steps, seconds
+        return num_batches * c.batch_size * c.num_steps, time.perf_counter() - start
 
 
-def compile_steps_data_parallel(exp, ts):
-    """``train.compile_steps``, with the batch split over all local devices (shard_map).
+class TorchRunner:
+    """The same minibatches, loss, clipping and SGD with ``torch.nn.LSTM`` (CPU, float32)."""
 
-    Each device runs the forward and backward pass on its rows. Autodiff
-    through shard_map sums the replicated parameters' gradients over devices
-    (the transpose of using a replicated value on varying data), and each
-    device's loss is the mean over its rows, so dividing by the device count
-    gives the full-batch gradient; then clipping and the SGD update, which
-    every device applies to its copy of the parameters.
-    """
-    import jax
-    import optax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from lstm_jax import train
-
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    num_devices = len(jax.devices())
-    optimizer = optax.GradientTransformation(  # same state as exp.optimizer: the same TrainState
-        exp.optimizer.init,
-        lambda grads, state, params=None: exp.optimizer.update(
-            jax.tree.map(lambda g: g / num_devices, grads), state, params))
-    c = exp.config
-
-    def block(ts, state, X, Y):
-        ts, state, metrics = train.train_block(exp.model, optimizer, c.data.random_iter, ts, state, X, Y)
-        # The loss: mean of the devices' means; the norm: of the summed gradients, so / num_devices.
-        return ts, state, {"loss": jax.lax.pmean(metrics["loss"], "data"),
-                           "grad_norm": metrics["grad_norm"] / num_devices}
-
-    sharded = jax.shard_map(block, mesh=mesh, in_specs=(P(), P("data"), P(None, "data"), P(None, "data")),
-                            out_specs=(P(), P("data"), P()))
-    batch = NamedSharding(mesh, P(None, "data"))
-    fn = jax.jit(sharded, donate_argnums=(0, 1),
-                 in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data")), batch, batch))
-    state = exp.model.initial_state(c.batch_size)
-    compiled, start = {}, time.perf_counter()
-    for n in sorted(set(exp.block_sizes())):
-        XY = jax.ShapeDtypeStruct((n, c.batch_size, c.num_steps), np.int32)
-        compiled[n] = fn.lower(ts, state, XY, XY).compile()
-    return compiled, time.perf_counter() - start
-
-
-class WorkerRunner(Runner):
-    """A JaxRunner in a subprocess (for other XLA_FLAGS), driven round by round over a pipe."""
-
-    def __init__(self, config_name: str, impl: str, env: dict):
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", impl, "--configs", config_name],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, **env))
-        ready = self._read()
-        self.first_step_s, self.compile_s = ready["first_step_s"], ready["compile_s"]
-
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the benchmark worker exited ({self.proc.wait()})")
-        return json.loads(line)
-
-    def run(self, epochs: int):
-        self.proc.stdin.write(f"{epochs}\n")
-        self.proc.stdin.flush()
-        out = self._read()
-        return out["tokens"], out["seconds"]
-
-    def cpu_seconds(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            return 0.0
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
-def worker_main(impl: str, config_name: str):
-    runner = JaxRunner(config_name, impl)
-    print(json.dumps({"first_step_s": runner.first_step_s, "compile_s": runner.compile_s}), flush=True)
-    for line in sys.stdin:
-        tokens, seconds = runner.run(int(line))
-        print(json.dumps({"tokens": tokens, "seconds": seconds}), flush=True)
-
-
-class TorchRunner(Runner):
-    """The same minibatches, loss, clipping and SGD in PyTorch (CPU, float32)."""
+    compile_s = None
 
     def __init__(self, config_name: str, impl: str):
         import torch
 
-        from lstm_jax import train
+        from lstm_jax.experiment import Experiment
 
         self.torch = torch
         torch.manual_seed(0)
         start = time.perf_counter()
-        self.exp = train.Experiment.from_config(make_config(config_name, "scratch"))
-        c = self.exp.config
-        V, H = len(self.exp.corpus.vocab), c.num_hiddens
-        if impl == "torch":
-            self.lstm, self.head = torch.nn.LSTM(V, H), torch.nn.Linear(H, V)
-            self.params = list(self.lstm.parameters()) + list(self.head.parameters())
-            self.forward = self._forward_nn
-        else:  # d2l's get_lstm_params / lstm / RNNModelScratch, in PyTorch
-            def normal(*shape):
-                return (torch.randn(*shape) * 0.01).requires_grad_()
-
-            def three():
-                return normal(V, H), normal(H, H), torch.zeros(H, requires_grad=True)
-
-            self.params = [*three(), *three(), *three(), *three(), normal(H, V),
-                           torch.zeros(V, requires_grad=True)]
-            self.forward = self._forward_scratch
-        self.V = V
+        self.exp = exp = Experiment.from_config(make_config(config_name, "scratch"))
+        c = exp.config
+        self.V = V = len(exp.corpus.vocab)
+        self.lstm = torch.nn.LSTM(V, c.num_hiddens, num_layers=c.num_layers)
+        self.head = torch.nn.Linear(c.num_hiddens, V)
+        self.params = list(self.lstm.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=c.learning_rate)
-        self.epoch = 0
-        self.run(1, first_step_only=True)
+        self.epoch, self.done, self.state = 0, 0, None
+        self.batches = exp.epoch_batches(0)
+        self.run(1)
         self.first_step_s = time.perf_counter() - start
-        self.run(1)  # finish a warm-up epoch
 
-    def _forward_nn(self, x_TxBxV, state):
-        out, state = self.lstm(x_TxBxV, state)
-        return self.head(out), state
-
-    def _forward_scratch(self, x_TxBxV, state):
-        torch = self.torch
-        [W_xi, W_hi, b_i, W_xf, W_hf, b_f, W_xo, W_ho, b_o, W_xc, W_hc, b_c, W_hq, b_q] = self.params
-        if state is None:
-            zeros = torch.zeros(x_TxBxV.shape[1], W_hi.shape[0])
-            state = (zeros, zeros)
-        H, C = state
-        outputs = []
-        for X in x_TxBxV:
-            I = torch.sigmoid((X @ W_xi) + (H @ W_hi) + b_i)
-            F = torch.sigmoid((X @ W_xf) + (H @ W_hf) + b_f)
-            O = torch.sigmoid((X @ W_xo) + (H @ W_ho) + b_o)
-            C_tilda = torch.tanh((X @ W_xc) + (H @ W_hc) + b_c)
-            C = F * C + I * C_tilda
-            H = O * torch.tanh(C)
-            outputs.append(H @ W_hq + b_q)
-        return torch.stack(outputs), (H, C)
-
-    def run(self, epochs: int, first_step_only: bool = False):
+    def run(self, num_batches: int):
         torch, F = self.torch, self.torch.nn.functional
         c = self.exp.config
-        start, tokens = time.perf_counter(), 0
-        for _ in range(epochs):
-            batches = self.exp.epoch_batches(self.epoch)
-            self.epoch += 1
-            state = None  # d2l: a fresh state every epoch, carried (detached) across minibatches
-            for X, Y in zip(batches.X, batches.Y):
-                X_TxB = torch.from_numpy(X.T.astype(np.int64))
-                Y_TxB = torch.from_numpy(Y.T.astype(np.int64))
-                if state is not None:
-                    state = tuple(s.detach() for s in state)
-                logits, state = self.forward(F.one_hot(X_TxB, self.V).float(), state)
-                loss = F.cross_entropy(logits.reshape(-1, self.V), Y_TxB.reshape(-1))
-                self.optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
-                self.optimizer.step()
-                tokens += X.size
-                if first_step_only:
-                    return tokens, time.perf_counter() - start
-            if not np.isfinite(loss.item()):
-                raise RuntimeError("the loss is not finite")
-        return tokens, time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(num_batches):
+            b = self.batches.block(self.done, 1)
+            X = torch.from_numpy(b.X[0].T.astype(np.int64))  # time-major, as nn.LSTM's default
+            Y = torch.from_numpy(b.Y[0].T.astype(np.int64))
+            state = None if self.state is None else tuple(s.detach() for s in self.state)
+            out, self.state = self.lstm(F.one_hot(X, self.V).float(), state)
+            loss = F.cross_entropy(self.head(out).reshape(-1, self.V), Y.reshape(-1))
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+            self.optimizer.step()
+            self.done += 1
+            if self.done == self.exp.batches_per_epoch:
+                self.epoch, self.done, self.state = self.epoch + 1, 0, None
+                self.batches = self.exp.epoch_batches(self.epoch)
+        if not np.isfinite(loss.item()):
+            raise RuntimeError("the loss is not finite")
+        return num_batches * c.batch_size * c.num_steps, time.perf_counter() - start
 
 
-def make_runner(config_name: str, impl: str) -> Runner:
-    if impl in TORCH_IMPLS:
-        return TorchRunner(config_name, impl)
-    if impl == "scratch_dp2":
-        return WorkerRunner(config_name, impl, {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                                                              " --xla_force_host_platform_device_count=2")})
-    return JaxRunner(config_name, impl)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """A large float32 product's rate on this machine, median of ``repeats``."""
+    import jax
+    import jax.numpy as jnp
 
-
-class CpuMeter:
-    """Busy CPU time of the whole machine and of this benchmark (Linux /proc; else zeros)."""
-
-    def __init__(self, runners):
-        self.runners = runners
-        self.start = self._read()
-
-    def _read(self):
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:9]]
-        except OSError:
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        total, idle = sum(v) / hz, (v[3] + v[4]) / hz
-        t = os.times()
-        mine = t.user + t.system + sum(r.cpu_seconds() for r in self.runners if hasattr(r, "cpu_seconds"))
-        return total, idle, mine, time.monotonic()
-
-    def other_load_cores(self) -> float | None:
-        end = self._read()
-        if self.start is None or end is None:
-            return None
-        total, idle, mine, wall = (b - a for a, b in zip(self.start, end))
-        busy = (total - idle) - mine
-        return max(0.0, busy / wall) if wall > 0 else None
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, a))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
 def machine_info() -> dict:
-    import jax
-
-    info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-            "jax": jax.__version__, "cpus": os.cpu_count(), "platform": jax.devices()[0].platform}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu"] = names[0] if names else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
     import flax
+    import jax
     import optax
 
-    info["flax"], info["optax"] = flax.__version__, optax.__version__
+    info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "cpus": os.cpu_count(), "platform": jax.devices()[0].platform, "cpu": platform.processor()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+        info["cpu_flags"] = " ".join(f for f in flags if f.startswith(("avx", "fma", "amx")))
+    except (OSError, StopIteration):
+        pass
     if torch_available():
         import torch
 
@@ -352,38 +214,40 @@ def machine_info() -> dict:
     return info
 
 
-def bench_config(config_name: str, impls: list[str], rounds: int, warmup: int, round_seconds: float,
+def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_seconds: float, peak: float,
                  log) -> list[dict]:
     runners = {}
     for impl in impls:
-        log(f"[{config_name}] setting up {impl} ...")
-        runners[impl] = make_runner(config_name, impl)
-    # Epochs per round: about round_seconds, from one timed epoch of each (the slowest decides).
-    epoch_s = max(r.run(1)[1] for r in runners.values())
-    epochs = max(1, round(round_seconds / epoch_s))
+        log(f"[{name}] setting up {impl} ...")
+        runners[impl] = (TorchRunner if impl in TORCH_IMPLS else JaxRunner)(name, impl)
+    # Minibatches per round: about round_seconds, from one timed minibatch of each (the slowest decides).
+    batch_s = max(r.run(1)[1] for r in runners.values())
+    per_round = max(1, round(round_seconds / batch_s))
     speeds = {impl: [] for impl in impls}
-    meter = CpuMeter(list(runners.values()))
+    load = []
     for r in range(warmup + rounds):
         for impl, runner in runners.items():
-            tokens, seconds = runner.run(epochs)
+            tokens, seconds = runner.run(per_round)
             if r >= warmup:
                 speeds[impl].append(tokens / seconds)
         if r >= warmup:
-            log(f"[{config_name}] round {r - warmup + 1}/{rounds}: " +
+            load.append(os.getloadavg()[0])
+            log(f"[{name}] round {r - warmup + 1}/{rounds}: " +
                 ", ".join(f"{impl} {speeds[impl][-1]:,.0f}" for impl in impls))
-    other_load = meter.other_load_cores()
-    for runner in runners.values():
-        runner.close()
-    spec = CONFIGS[config_name]
+    first = next(iter(runners.values()))
+    flops = flops_per_token(first.exp.config, len(first.exp.corpus.vocab))
     results = []
     for impl in impls:
         s = np.array(speeds[impl])
+        median = float(np.median(s))
         results.append({
-            "impl": impl, "config": config_name, **spec,
-            "tokens_per_sec_median": float(np.median(s)), "tokens_per_sec_min": float(s.min()),
+            "impl": impl, "config": name, **CONFIGS[name],
+            "tokens_per_sec_median": median, "tokens_per_sec_min": float(s.min()),
             "tokens_per_sec_max": float(s.max()), "tokens_per_sec_rounds": [float(x) for x in s],
             "first_step_s": runners[impl].first_step_s, "compile_s": runners[impl].compile_s,
-            "epochs_per_round": epochs, "other_load_cores": other_load,
+            "batches_per_round": per_round, "load_average": float(np.median(load)),
+            "flops_per_token": flops, "matmul_peak_gflops": peak,
+            "fraction_of_peak": median * flops / (peak * 1e9),
         })
     if "torch" in speeds:
         ref = np.median(speeds["torch"])
@@ -393,14 +257,13 @@ def bench_config(config_name: str, impls: list[str], rounds: int, warmup: int, r
 
 
 def format_table(results: list[dict]) -> str:
-    head = ("config", "impl", "tokens/s median", "min", "max", "vs torch", "first step s", "compile s")
+    head = ("config", "impl", "tokens/s median", "min", "max", "vs torch", "of peak", "first step s")
     rows = [head]
     for r in results:
         vs = f"{r['vs_torch']:.2f}" if "vs_torch" in r else "-"
-        comp = f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "-"
-        rows.append((r["config"], r["impl"], f"{r['tokens_per_sec_median']:,.0f}",
-                     f"{r['tokens_per_sec_min']:,.0f}", f"{r['tokens_per_sec_max']:,.0f}", vs,
-                     f"{r['first_step_s']:.2f}", comp))
+        rows.append((r["config"], r["impl"], f"{r['tokens_per_sec_median']:,.0f}", f"{r['tokens_per_sec_min']:,.0f}",
+                     f"{r['tokens_per_sec_max']:,.0f}", vs, f"{100 * r['fraction_of_peak']:.0f}%",
+                     f"{r['first_step_s']:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
@@ -410,49 +273,39 @@ def format_table(results: list[dict]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="d2l,big", help=f"comma-separated, of {sorted(CONFIGS)}")
-    parser.add_argument("--impls", default=None,
-                        help=f"comma-separated, of {JAX_IMPLS + TORCH_IMPLS}; default: "
-                             f"{','.join(DEFAULT_IMPLS)} (torch ones if importable)")
+    parser.add_argument("--impls", default=None, help=f"comma-separated, of {JAX_IMPLS + TORCH_IMPLS}; default: "
+                        f"{','.join(DEFAULT_IMPLS)} (torch if importable)")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per implementation")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="untimed rounds first (the JAX runs measured ~30%% slower in their first seconds)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--round-seconds", type=float, default=1.0, help="about how long a round is")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configs = args.configs.split(",")
-    if args.worker:
-        return worker_main(args.worker, configs[0])
     for name in configs:
         if name not in CONFIGS:
             parser.error(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
     has_torch = torch_available()
-    if args.impls is None:
-        impls = [i for i in DEFAULT_IMPLS if has_torch or i not in TORCH_IMPLS]
-    else:
-        impls = args.impls.split(",")
-        for impl in impls:
-            if impl not in JAX_IMPLS + TORCH_IMPLS:
-                parser.error(f"unknown impl {impl!r}; choose from {JAX_IMPLS + TORCH_IMPLS}")
-            if impl in TORCH_IMPLS and not has_torch:
-                parser.error(f"{impl} needs PyTorch: pip install -e '.[torch]'")
-    # torch first among the columns: the reference.
-    impls = sorted(impls, key=lambda i: (i not in TORCH_IMPLS, (JAX_IMPLS + TORCH_IMPLS).index(i)))
-
+    impls = [i for i in DEFAULT_IMPLS if has_torch or i not in TORCH_IMPLS] if args.impls is None \
+        else args.impls.split(",")
+    for impl in impls:
+        if impl not in JAX_IMPLS + TORCH_IMPLS:
+            parser.error(f"unknown impl {impl!r}; choose from {JAX_IMPLS + TORCH_IMPLS}")
+        if impl in TORCH_IMPLS and not has_torch:
+            parser.error(f"{impl} needs PyTorch: pip install -e '.[dev]'")
     log = functools.partial(print, file=sys.stderr, flush=True)
     info = machine_info()
-    log(f"{info['cpu']}, {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"
-        + (f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else ""))
+    peak = matmul_peak_gflops()
+    log(f"{info['cpu']} ({info.get('cpu_flags', '')}), {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"
+        + (f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else "")
+        + f"; 2048^2 float32 product: {peak:.0f} GFLOP/s")
     results = []
     for name in configs:
-        results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, log)
+        results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, log)
     print(format_table(results))
-    loads = {r["config"]: r["other_load_cores"] for r in results}
-    print("other processes kept busy (cores, during the rounds): " +
-          ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} ?" for k, v in loads.items()))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": info, "args": vars(args), "results": results}, f, indent=2)
+            json.dump({"machine": {**info, "matmul_peak_gflops": peak}, "args": vars(args), "results": results},
+                      f, indent=2)
     return results
 
 

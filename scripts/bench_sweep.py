@@ -1,11 +1,11 @@
-"""Wall time of one sweep, vmapped vs one by one (and with --jobs), median of a few runs.
+"""Wall time of one sweep, vmapped vs one trial at a time, median of a few runs.
 
   python scripts/bench_sweep.py                       # 5 lr x 3 seeds, hidden 256, 50 epochs, concise
-  python scripts/bench_sweep.py --repeats 3 --model scratch --modes vmap,no-vmap
+  python scripts/bench_sweep.py --repeats 3 --model scratch --modes vmap,solo
 
-Each run is the real CLI (scripts/sweep.py) in a fresh process and a fresh
+Each run is the real CLI (python -m lstm_jax.sweep) in a fresh process and a fresh
 --out, so the wall time includes Python start-up, data, compile and plots.
-The runs of the modes alternate (vmap, no-vmap, vmap, ...) so that a change
+The runs of the modes alternate (vmap, solo, vmap, ...) so that a change
 in machine load hits them alike; the load average is printed with each run.
 It also checks that every mode reached the same final perplexities.
 """
@@ -21,13 +21,7 @@ import sys
 import tempfile
 import time
 
-MODES = {
-    "vmap": [],
-    "no-vmap": ["--no-vmap"],
-    "vmap-jobs2": ["--jobs", "2"],
-    "no-vmap-jobs2": ["--no-vmap", "--jobs", "2"],
-    "vmap-group5": ["--group_size", "5"],
-}
+MODES = {"vmap": ["--mode", "vmap"], "solo": ["--mode", "solo"]}
 
 
 def main() -> None:
@@ -38,7 +32,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--modes", default="vmap,no-vmap", help=f"comma-separated, of {','.join(MODES)}")
+    p.add_argument("--modes", default="vmap,solo", help=f"comma-separated, of {','.join(MODES)}")
     p.add_argument("--json", help="also write the measurements here")
     args = p.parse_args()
     modes = args.modes.split(",")
@@ -50,7 +44,7 @@ def main() -> None:
         for r in range(args.repeats):
             for mode in modes:
                 out = os.path.join(tmp, f"{mode}-{r}")
-                cmd = [sys.executable, os.path.join(repo, "scripts", "sweep.py"),
+                cmd = [sys.executable, "-m", "lstm_jax.sweep",
                        "--config", os.path.join(repo, "experiments", f"{args.model}.py"),
                        "--hidden", args.hidden, "--lr", args.lr, "--seeds", args.seeds,
                        f"--config.num_epochs={args.epochs}", "--config.log_every=1000000",

@@ -23,12 +23,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from lstm_jax import train  # noqa: E402
 from lstm_jax.configs import get_base_config  # noqa: E402
+from lstm_jax.experiment import Experiment  # noqa: E402
 
 c = get_base_config()
 c.num_hiddens, c.batch_size, c.num_steps, c.data.max_tokens = 16, 8, 10, 2000
-exp = train.Experiment.from_config(c)
+exp = Experiment.from_config(c)
 sh = exp.shardings
 ts = distributed.place(exp.init_train_state(), sh.replicated)
 rows = jnp.arange(c.batch_size, dtype=jnp.float32)[:, None]

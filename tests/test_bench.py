@@ -1,17 +1,24 @@
-"""scripts/bench.py runs end to end (tiny sizes, JAX implementations only: no torch needed)."""
+"""scripts/bench.py runs end to end (tiny sizes; torch too where it is installed)."""
 
 import json
+
+import pytest
 
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_bench_smoke(tmp_path):
     out_json = tmp_path / "bench.json"
-    out = run_cli("scripts/bench.py", "--configs", "tiny", "--impls", "scratch,scratch_reference,concise",
+    out = run_cli("scripts/bench.py", "--configs", "tiny", "--impls", "scratch,concise,concise_fast,torch",
                   "--rounds", "1", "--warmup", "0", "--round-seconds", "0.01", "--json", str(out_json))
     assert out.returncode == 0, out.stderr
-    results = json.loads(out_json.read_text())["results"]
-    assert {r["impl"] for r in results} == {"scratch", "scratch_reference", "concise"}
+    report = json.loads(out_json.read_text())
+    results = report["results"]
+    assert {r["impl"] for r in results} == {"scratch", "concise", "concise_fast", "torch"}
     for r in results:
         assert r["config"] == "tiny" and r["tokens_per_sec_median"] > 0 and r["first_step_s"] > 0
-    assert "| tiny" in out.stdout and "scratch_reference" in out.stdout
+        assert r["flops_per_token"] == 3 * 2 * (16 * 64 + 16 * 28) and 0 < r["fraction_of_peak"] < 1
+        assert r["vs_torch"] > 0
+    assert report["machine"]["matmul_peak_gflops"] > 1
+    assert "| tiny" in out.stdout and "concise_fast" in out.stdout

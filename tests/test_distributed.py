@@ -16,15 +16,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, quiet
 from lstm_jax import distributed, train
 from lstm_jax.errors import UserError
 from lstm_jax.reporting import read_metrics
 
-TINY = ["--config", "experiments/scratch.py", "--config.num_hiddens=32", "--config.batch_size=8",
-        "--config.num_steps=10", "--config.data.max_tokens=1000", "--config.data.num_val=500",
-        "--config.num_epochs=2", "--config.learning_rate=4.0", "--config.log_every=1",
-        "--config.num_preds=5"]
+TINY = ["--config", "experiments/tiny.py", "--config.data.max_tokens=1500", "--config.data.val_fraction=0.33",
+        "--config.num_epochs=2", "--config.learning_rate=4.0", "--config.log_every=1", "--config.num_preds=5"]
 RUN_TIMEOUT_S = 150
 
 
@@ -102,12 +100,14 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_first_line_names_the_devices(runs):
     assert runs[1][0].splitlines()[0].startswith("devices: cpu;")
     assert runs[4][0].splitlines()[0].startswith("devices: 4 x cpu;")
     assert runs["2proc"][0].splitlines()[0].startswith("devices: 2 x cpu, 2 processes;")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [2, 4, "2proc"])
 def test_perplexity_does_not_depend_on_the_device_count(runs, key):
     one, other = runs[1][1], runs[key][1]
@@ -122,6 +122,7 @@ def test_perplexity_does_not_depend_on_the_device_count(runs, key):
     assert one[-1]["train_ppl"] < one[0]["train_ppl"]
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes_and_logs(runs):
     out, workdir = runs["2proc_rank1"]
     assert "epoch" not in out and "devices" not in out
@@ -129,6 +130,7 @@ def test_only_process_zero_writes_and_logs(runs):
     assert [r["epoch"] for r in read_metrics(str(workdir / "metrics.jsonl"))] == [1, 2]  # written once
 
 
+@pytest.mark.slow
 def test_two_processes_resume_from_their_checkpoint(runs, tmp_path):
     # Both processes restore the checkpoint they saved together (replicated
     # train state, row-sharded hidden state) and train on as one run would.
@@ -144,6 +146,7 @@ def test_two_processes_resume_from_their_checkpoint(runs, tmp_path):
     assert resumed[2]["val_ppl"] == pytest.approx(alone[2]["val_ppl"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_batch_size_must_divide_over_the_devices(tmp_path):
     [(rc, out, err)], _ = _run_together(
         [["-m", "lstm_jax.train", *TINY, f"--workdir={tmp_path}", "--config.batch_size=6"]], devices=4)
@@ -178,6 +181,7 @@ def test_initialize_needs_every_part(monkeypatch):
         distributed.initialize(f"127.0.0.1:{_free_port()}", 2, 1, timeout_s=1)
 
 
+@pytest.mark.slow
 def test_orbax_saves_and_restores_across_two_processes(tmp_path):
     # Process 0 writes the replicated train state once; each process writes its
     # own rows of the sharded hidden state; both restore onto the same shardings.
@@ -194,12 +198,14 @@ def test_orbax_saves_and_restores_across_two_processes(tmp_path):
     assert {"ocdbt.process_0", "ocdbt.process_1", "_METADATA"} <= written, written
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains_like_float32(tiny_config, tmp_path):
     # bf16 matmuls and activations, float32 parameters, loss and logits. Margin:
     # 1% per epoch (measured: under 0.2% for both models on this config).
     c = tiny_config
-    c.model, c.learning_rate, c.num_epochs, c.data.num_val = "concise", 4.0, 4, 500
-    quiet = dict(log=lambda m: None, progress=False)
+    # lr 1: at lr 4 this tiny run passes a chaotic point in epoch 3 where any rounding (f32 vs
+    # bf16, flax's cell or the fast path alike) moves that epoch's perplexity by 5%.
+    c.model, c.learning_rate, c.num_epochs, c.data.val_fraction = "concise", 1.0, 4, 0.2
     f32 = train.train_and_evaluate(c, str(tmp_path / "f32"), **quiet)
     c.dtype = "bfloat16"
     bf16 = train.train_and_evaluate(c, str(tmp_path / "bf16"), **quiet)
@@ -208,5 +214,5 @@ def test_bfloat16_compute_trains_like_float32(tiny_config, tmp_path):
     for ra, rb in zip(a, b):
         assert rb["train_ppl"] == pytest.approx(ra["train_ppl"], rel=0.01)
         assert rb["val_ppl"] == pytest.approx(ra["val_ppl"], rel=0.01)
-    assert b[-1]["train_ppl"] < 0.8 * b[0]["train_ppl"]  # and it learns
+    assert b[-1]["train_ppl"] < 0.85 * b[0]["train_ppl"]  # and it learns
     assert f32["final_train_ppl"] != bf16["final_train_ppl"]  # bf16 really was used
