@@ -1,46 +1,26 @@
-"""The LSTM's fast path: the same math as :mod:`lstm_jax.lstm`, with a
-hand-written backward pass (``jax.custom_vjp``). ``models.make_model`` uses it
-for both variants unless ``impl="reference"`` (``config.lstm_impl``); the
-concise model's flax parameters come here re-keyed.
+"""The LSTM's fast path: the same math as :mod:`lstm_jax.lstm`, with a hand-written
+backward pass (``jax.custom_vjp``). ``models.make_model`` uses it for the scratch
+model by default and for the concise model's flax parameters with ``impl="fast"``.
 
-What makes it fast on a CPU (each measured; README.md, "Performance"):
+Why it is fast on a CPU (docs/fast_path.md has the measurements):
 
-- The backward pass. Reverse-mode autodiff of ``lax.scan`` makes every reverse
-  time step accumulate the recurrent weight gradient with a small (K = batch)
-  matrix product plus a full-size add. Here the reverse scan only carries
-  ``(dh, dc)`` and emits each step's gate gradients; the weight gradient is one
-  ``(H, T*B) x (T*B, 4H)`` product after the loop, as cuDNN and oneDNN do (its
-  left side stored transposed by the forward loop, step by step). The output
-  layer's weight gradient rides along in the same product (its dlogits as V
-  more columns), so the output layer is part of this function. What the
-  reverse step needs from the forward pass is prepared for all steps at
-  once, after the forward loop, so each reverse step is two small elementwise
-  updates and one product by the pre-transposed weights.
-- No fresh buffers for the big per-step arrays. A ``lax.scan`` output is a new
-  buffer that XLA:CPU zero-fills first. Instead, the forward loop writes the
-  gate activations over the input projections it has just read, and the
-  reverse loop writes the gate gradients over the backward factors, in place.
-- Lanes. XLA:CPU runs independent operations of a loop body on different
-  cores (once the body has more than 8 of them), but a single small matrix
-  product on one core only. The batch rows are split into one lane per core
-  (:func:`default_lanes`): independent chains through the whole sequence, in
-  one loop, forward and backward.
-- Five time steps per loop iteration (:func:`time_unroll`): inside one
-  iteration a lane can run ahead of the other; iterations are barriers. The
-  loops over blocks of steps are written out (rather than ``lax.scan(unroll=)``)
-  to update the buffers above block by block.
-- Lean loop bodies: all four gates from one ``(B, H) x (H, 4H)`` product and
-  one ``tanh`` over the (B, 4H) block, using ``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``
-  (an identity, not an approximation); the forward loop stores only h (also
-  transposed), c and the gate activations.
+- The reverse scan carries only ``(dh, dc)`` and emits each step's gate gradients;
+  the recurrent weight gradient is one ``(H, T*B) x (T*B, 4H)`` product after the
+  loop, as cuDNN and oneDNN do. For the last layer the output layer is inside the
+  custom VJP so that its weight gradient joins that product.
+- The loops write their big per-step results in place (gate activations over the
+  input projections, gate gradients over the backward factors): a ``lax.scan``
+  output would be a new, zero-filled buffer.
+- Lanes: the batch rows are split into independent chains in one loop, which
+  XLA:CPU runs on different cores; a single small product runs on one core.
+- Several time steps per loop iteration, so one lane can run ahead of the other;
+  all four gates from one product and one ``tanh``
+  (``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``, an identity).
 
-Layout: the four gates (d2l's order I, F, O, C~) are concatenated along the
-last axis, ``W_x: (V, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``.
-
-Reverse mode only: like any ``jax.custom_vjp``, it has no forward-mode
-derivative (``jax.jvp``, ``jax.jacfwd``); use ``impl="reference"`` for those.
-
-Shapes are in the names: B batch, T time steps, H hidden units, V vocabulary.
+Layout: the four gates (d2l's order I, F, O, C~) are concatenated along the last
+axis, ``W_x: (D, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``. Reverse mode only: like any
+``jax.custom_vjp`` it has no forward-mode derivative; use ``impl="reference"`` for
+``jax.jvp``. Shapes are in the names: B batch, T time steps, H hidden units, V vocabulary.
 """
 
 from __future__ import annotations
@@ -283,11 +263,8 @@ def _weight_gradient(h0, h_TxBxH, saved, dz_TxBxN, dt):
 
 
 def _stores_transposed_h(lane_rows: int) -> bool:
-    """Whether the forward loop also stores h transposed, for the weight gradient.
-
-    Measured: +2-3% with 16 rows per lane (d2l's batch), -7% with 128 (batch
-    256), where the per-step transposes cost more than the product saves.
-    """
+    """Whether the forward loop also stores h transposed, for the weight gradient:
+    it pays for few rows per lane, where the per-step transposes are cheap."""
     return lane_rows <= 32
 
 
@@ -295,10 +272,8 @@ def time_unroll(num_steps: int) -> int:
     """Time steps per loop iteration: the largest divisor of ``num_steps`` up to 5.
 
     Within one iteration XLA:CPU's executor lets a lane start its next step
-    while the other lane finishes the current one; the iteration boundary
-    waits for all. 5 steps per iteration measured fastest at d2l's size
-    (+3-8% over 1; 2 gave +1%, 3 and 4 lost 6%, 35 compiled in 4.4 s). A
-    divisor, so no remainder steps are compiled separately.
+    while the other lane finishes the current one; the iteration boundary waits
+    for all. A divisor, so no remainder steps are compiled separately.
     """
     return max(u for u in range(1, 6) if num_steps % u == 0)
 

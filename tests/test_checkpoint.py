@@ -56,6 +56,7 @@ def test_round_trip_of_every_item(tiny_config, tmp_path):
 
 @pytest.mark.parametrize("variant,random_iter,dropout", [
     ("scratch", False, 0.0), ("concise", True, 0.0), ("scratch", False, 0.3)])
+@pytest.mark.slow
 def test_stopped_and_resumed_equals_uninterrupted(tiny_config, tmp_path, variant, random_iter, dropout):
     c = tiny_config
     c.model, c.data.random_iter, c.num_epochs, c.dropout = variant, random_iter, 2, dropout
@@ -74,6 +75,7 @@ def test_stopped_and_resumed_equals_uninterrupted(tiny_config, tmp_path, variant
     assert second["best_val_loss"] == whole["best_val_loss"]
 
 
+@pytest.mark.slow
 def test_more_epochs_continue_from_the_end(tiny_config, tmp_path):
     tiny_config.num_epochs = 4
     whole = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"), **quiet)
@@ -85,6 +87,7 @@ def test_more_epochs_continue_from_the_end(tiny_config, tmp_path):
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_incompatible_resume_names_the_fields(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
     tiny_config.num_hiddens, tiny_config.model = 16, "concise"
@@ -96,6 +99,7 @@ def test_incompatible_resume_names_the_fields(tiny_config, tmp_path):
     assert len(read_metrics(str(tmp_path / "metrics.jsonl"))) == tiny_config.num_epochs
 
 
+@pytest.mark.slow
 def test_changed_corpus_is_refused(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path / "run"), **quiet)
     other = tmp_path / "other.txt"
@@ -122,6 +126,7 @@ def truncate_arrays(step_dir):
                 os.truncate(os.path.join(root, f), 7)
 
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path):
     tiny_config.num_epochs, tiny_config.checkpoint_every = 3, 1
     whole = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"), **quiet)
@@ -171,6 +176,7 @@ def old_workdir(name, tmp_path):
     return tmp_path / name, config
 
 
+@pytest.mark.slow
 def test_workdirs_of_the_previous_version_resume(tmp_path):
     # Stopped by lstm_jax 0.1.0 in epoch 2 after minibatch 5; resumed here, it ends where
     # 0.1.0's uninterrupted run ended.

@@ -51,6 +51,7 @@ def test_grid_expands_any_field(tiny_config):
         sweep.parse_values(c, "num_layers", "1,x")
 
 
+@pytest.mark.slow
 def test_a_solo_trial_is_the_training_run(tiny_config, tmp_path):
     c = tiny_config
     c.num_epochs, c.data.val_fraction = 2, 0.1
@@ -62,6 +63,7 @@ def test_a_solo_trial_is_the_training_run(tiny_config, tmp_path):
     assert (tmp_path / "sweep" / "trials" / trial.name / "checkpoints").is_dir()  # a full training workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,random_iter", [("scratch", False), ("concise", True)])
 def test_vmapped_trials_are_their_solo_runs(tiny_config, tmp_path, variant, random_iter):
     c = tiny_config
@@ -85,6 +87,7 @@ def test_a_diverging_trial_fails_alone_in_its_group(tiny_config):
     assert good["status"] == "ok" and good["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_resume_failures_tables_and_a_shrunk_grid(tiny_config, tmp_path):
     c, out = tiny_config, str(tmp_path / "sweep")
     c.num_epochs = 2
@@ -130,6 +133,7 @@ def test_resume_failures_tables_and_a_shrunk_grid(tiny_config, tmp_path):
         sweep.run_sweep(c, more, out, **quiet)
 
 
+@pytest.mark.slow
 def test_shards_fill_one_directory(tiny_config, tmp_path):
     c, out = tiny_config, str(tmp_path / "sweep")
     c.num_epochs = 1

@@ -30,6 +30,7 @@ def test_a_few_epochs_learn_the_book(tiny_config, tmp_path, variant, bound):
     assert 0 < records[0]["elapsed_s"] < records[-1]["elapsed_s"] == pytest.approx(summary["train_s"])
 
 
+@pytest.mark.slow
 def test_run_is_a_function_of_config_and_seed(tiny_config, tmp_path):
     tiny_config.dropout, tiny_config.num_layers = 0.3, 2  # dropout's randomness comes from the seed too
     a = train.train_and_evaluate(tiny_config, str(tmp_path / "a"), **quiet)
@@ -40,6 +41,7 @@ def test_run_is_a_function_of_config_and_seed(tiny_config, tmp_path):
     assert a["final_train_ppl"] == b["final_train_ppl"] != c["final_train_ppl"]
 
 
+@pytest.mark.slow
 def test_how_an_epoch_is_cut_does_not_change_the_result(tiny_config, tmp_path):
     # One compiled program takes any number of minibatches: 24 a call or 7, 7, 7, 3.
     whole = train.train_and_evaluate(tiny_config, str(tmp_path / "a"), **quiet)
@@ -91,6 +93,7 @@ def test_eval_every_steps_and_the_best_checkpoint(tiny_config, tmp_path):
     assert all(r["elapsed_s"] > 0 for r in records)
 
 
+@pytest.mark.slow
 def test_time_budget_stops_evaluates_and_saves(tiny_config, tmp_path):
     c = tiny_config
     c.num_epochs, c.time_budget_s, c.batches_per_call, c.data.val_fraction = 10_000, 0.5, 4, 0.1

@@ -1,0 +1,53 @@
+"""Training curves of several runs in one picture (README's docs/img/perplexity.png).
+
+  python scripts/plot_runs.py runs/scratch runs/concise --out docs/img/perplexity.png
+
+Each run is a training workdir; its metrics.jsonl gives perplexity against epoch, training
+(solid) and held-out (dashed) where there is one; its config.json gives the label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from lstm_jax.reporting import _pyplot, read_metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="training workdirs")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args()
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for run in args.runs:
+        records = read_metrics(os.path.join(run, "metrics.jsonl"))
+        if not records:
+            parser.error(f"{run} has no metrics.jsonl")
+        with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
+            c = json.load(f)
+        impl = c.get("lstm_impl") or ("fast path" if c["model"] == "scratch" else "flax's cell")
+        label = f"{c['model']} ({impl}), {c.get('num_layers', 1)} x {c['num_hiddens']}"
+        line, = ax.plot([r["epoch"] for r in records], [r["train_ppl"] for r in records], label=label)
+        val = [(r["epoch"], r["val_ppl"]) for r in records if r.get("val_ppl") is not None]
+        if val:
+            ax.plot(*zip(*val), "--", color=line.get_color(), label=f"{label}, held-out")
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training perplexity")
+    ax.set_title(args.title)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
