@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One prepared check for a machine with a GPU, within 8 minutes:
 #   1. the devices JAX sees,
-#   2. the test suite,
-#   3. scripts/bench.py at the d2l config and the large config,
-#   4. the seed's two runs (experiments/scratch.py, 50 epochs; experiments/concise.py,
+#   2. the quick test tier,
+#   3. scripts/bench.py: lstm_impl fast vs reference (scratch) and flax's cell, at d2l, big,
+#      shakespeare_small and word,
+#   4. JAX's cuDNN LSTM (jax.experimental.rnn), where it imports and runs, at the same sizes,
+#   5. the seed's two runs (experiments/scratch.py, 50 epochs; experiments/concise.py,
 #      500 epochs) and the scratch run with bfloat16 compute,
-# then a short table (last lines of the output, also in OUT/table.md).
+# then a short table (last lines of the output, also in OUT/table.md): which path to make
+# the GPU's default can be read off one run.
 #
 #   scripts/gpu_check.sh [--out DIR]      # on the GPU machine (pip install -e '.[cuda12,dev]')
 #   scripts/gpu_check.sh --cpu-quick      # here, on CPU, about 2 minutes: same steps, small sizes
@@ -105,25 +108,25 @@ command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L
 
 # 2. Tests.
 if [ "$QUICK" = 1 ]; then
-  step tests 240 tests_result "$PY" -m pytest -q -p no:cacheprovider \
-    tests/test_train.py::test_cli_end_to_end \
-    tests/test_distributed.py::test_batch_size_must_divide_over_the_devices \
+  step tests 240 tests_result "$PY" -m pytest -q -p no:cacheprovider -n 0 \
+    tests/test_train.py::test_a_few_epochs_learn_the_book \
+    tests/test_distributed.py::test_batch_size_message_without_a_smaller_size \
     tests/test_distributed.py::test_initialize_needs_every_part
 else
-  step tests 180 tests_result "$PY" -m pytest -q -p no:cacheprovider
+  step tests 150 tests_result "$PY" -m pytest -q -p no:cacheprovider -m "not slow"
 fi
 
-# 3. Benchmark (scripts/bench.py comes with the benchmark issue; optional here).
-if [ -f scripts/bench.py ]; then
-  if [ "$QUICK" = 1 ]; then
-    step bench 120 bench_result "$PY" scripts/bench.py --rounds 1 --configs d2l --json "$OUT/bench.json"
-  else
-    step bench 110 bench_result "$PY" scripts/bench.py --rounds 3 --configs d2l,big --json "$OUT/bench.json"
-  fi
+# 3. Benchmark: which implementation is fastest on this device.
+if [ "$QUICK" = 1 ]; then
+  step bench 120 bench_result "$PY" scripts/bench.py --rounds 1 --warmup 1 --configs tiny \
+    --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
 else
-  echo "=== bench: skipped: scripts/bench.py not found"
-  ROWS+=("| bench | skipped: scripts/bench.py not found | 0 | |")
+  step bench 150 bench_result "$PY" scripts/bench.py --rounds 3 --warmup 1 \
+    --configs d2l,big,shakespeare_small,word --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
 fi
+
+# 4. JAX's cuDNN LSTM binding (GPU only): does it import and run, and how fast is it here?
+step cudnn 60 none_result "$PY" scripts/cudnn_check.py $( [ "$QUICK" = 1 ] && echo --quick )
 
 # 4. The seed's two runs, and bf16 compute.
 if [ "$QUICK" = 1 ]; then
