@@ -278,9 +278,15 @@ def time_unroll(num_steps: int) -> int:
     return max(u for u in range(1, 6) if num_steps % u == 0)
 
 
-def default_lanes(batch_size: int) -> int:
-    """Lanes for a batch: one per CPU core on the CPU backend, at least 8 rows each; else 1."""
-    if jax.default_backend() != "cpu":
+# Above this many FLOPs, one step's (B, H) x (H, 4H) product spreads over the cores by itself
+# and lanes only add overhead (docs/fast_path.md).
+_LANES_UP_TO_FLOPS = 64e6
+
+
+def default_lanes(batch_size: int, num_hiddens: int = 0) -> int:
+    """Lanes for a batch on the CPU backend: one per core, at least 8 rows each, while a
+    step's product is small; else (or on an accelerator) 1."""
+    if jax.default_backend() != "cpu" or 2 * batch_size * num_hiddens * 4 * num_hiddens > _LANES_UP_TO_FLOPS:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     lanes = max(1, min(cores, batch_size // 8))
@@ -329,34 +335,36 @@ def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None, rat
     changes the schedule, not the result.
     """
     B = tokens_BxT.shape[0]
-    lanes = default_lanes(B) if lanes is None else lanes
+    lanes = default_lanes(B, params["W_hi"].shape[0]) if lanes is None else lanes
     if B % lanes:
         raise ValueError(f"lanes={lanes} does not divide the batch size {B}")
     L = lstm.num_layers(params)
     drop = key is not None and rate > 0
-    split = lambda a, axis=0: tuple(jnp.split(a, lanes, axis=axis))
-    time_major = lambda x_BxTxD: split(jnp.swapaxes(x_BxTxD, 0, 1), axis=1)
-    x = lstm.layer_input(params, tokens_BxT, key, rate)
+    split = lambda a, axis: tuple(jnp.split(a, lanes, axis=axis))
+    tokens_TxB = tokens_BxT.T
+    if "embed" in params:  # dropped out as a whole, then cut into lanes
+        x_TxBxD = split(lstm.layer_input(params, tokens_TxB, key, rate), 1)
     hs, cs = [], []
     for l in range(L):
         W_x, W_h, b = stacked(lstm.layer(params, l))
-        if l == 0 and x is tokens_BxT:  # a row lookup instead of the one-hot product (same math)
-            xp = tuple(jnp.take(W_x, t.T, axis=0) + b for t in split(tokens_BxT))
+        if l == 0 and "embed" not in params:  # a row lookup instead of the one-hot product (same math)
+            xp = tuple(jnp.take(W_x, t, axis=0) + b for t in split(tokens_TxB, 1))
         else:
-            if l:
-                x = lstm.dropout(key, l, x, rate)
-            xp = tuple(x_l @ W_x + b for x_l in time_major(x))
-        h0, c0 = split(state.h[:, l]), split(state.c[:, l])
+            if l and drop:  # the mask of the whole (T, B, H) input, cut into lanes
+                mask = split(lstm.dropout_mask(key, l, (tokens_TxB.shape[0], B, W_h.shape[0]), rate,
+                                               x_TxBxD[0].dtype), 1)
+                x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
+            xp = tuple(x @ W_x + b for x in x_TxBxD)  # all time steps in one product, outside the loop
+        h0, c0 = split(state.h[:, l], 0), split(state.c[:, l], 0)
         if l == L - 1 and not drop:
             logits, h, c = recurrence_and_head(*_same_vma((xp, W_h, params["W_hq"], params["b_q"], h0, c0)))
         else:
-            h_TxBxH, h, c = recurrence(*_same_vma((xp, W_h, h0, c0)))
-            x = jnp.swapaxes(jnp.concatenate(h_TxBxH, axis=1), 0, 1)
+            x_TxBxD, h, c = recurrence(*_same_vma((xp, W_h, h0, c0)))
         hs.append(jnp.concatenate(h))
         cs.append(jnp.concatenate(c))
     if drop:
-        x = lstm.dropout(key, L, x, rate)
-        logits_BxTxV = x @ params["W_hq"] + params["b_q"]
+        x = lstm.dropout(key, L, jnp.concatenate(x_TxBxD, axis=1), rate)
+        logits_BxTxV = jnp.swapaxes(x @ params["W_hq"] + params["b_q"], 0, 1)
     else:
         logits_BxTxV = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
     return logits_BxTxV, LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))

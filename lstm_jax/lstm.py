@@ -93,39 +93,43 @@ def lstm_step(params: Params, carry: tuple, x_t: jax.Array) -> tuple[tuple, jax.
     return (h, c), h
 
 
-def dropout(key: jax.Array | None, site: int, x: jax.Array, rate: float) -> jax.Array:
-    """Inverted dropout at connection ``site`` (layer l's input is site l; the head's is site L).
+def dropout_mask(key: jax.Array, site: int, shape: tuple, rate: float, dtype) -> jax.Array:
+    """Inverted dropout's multiplier at connection ``site``: 0 or 1 / (1 - rate), per unit.
 
-    ``key=None`` (evaluation, generation) or ``rate=0`` is the identity. Every
-    implementation draws its masks here, in (B, T, D) layout, so the same key
-    drops the same units in all of them.
+    Layer l's input is site l (layer 0's only with an embedding), the head's input
+    site L. Every implementation draws its masks here, time-major (T, B, D), so
+    the same key drops the same units in all of them.
     """
+    keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1 - rate, shape)
+    return jnp.where(keep, 1 / (1 - rate), 0).astype(dtype)
+
+
+def dropout(key: jax.Array | None, site: int, x_TxBxD: jax.Array, rate: float) -> jax.Array:
+    """``x`` times its dropout mask; ``key=None`` (evaluation, generation) or ``rate=0``: ``x``."""
     if key is None or rate == 0:
-        return x
-    keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1 - rate, x.shape)
-    return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype)
+        return x_TxBxD
+    return x_TxBxD * dropout_mask(key, site, x_TxBxD.shape, rate, x_TxBxD.dtype)
 
 
-def layer_input(params: Params, tokens_BxT: jax.Array, key, rate: float) -> jax.Array:
+def layer_input(params: Params, tokens_TxB: jax.Array, key, rate: float) -> jax.Array:
     """Layer 0's input: token ids (a row lookup, d2l's one-hot) or embedded and dropped out."""
     if "embed" not in params:
-        return tokens_BxT
-    return dropout(key, 0, jnp.take(params["embed"], tokens_BxT, axis=0), rate)
+        return tokens_TxB
+    return dropout(key, 0, jnp.take(params["embed"], tokens_TxB, axis=0), rate)
 
 
 def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None, rate: float = 0.0
           ) -> tuple[jax.Array, LSTMState]:
     """Logits (B, T, V) and the final state of every layer; the head runs once, after the scan."""
-    x = layer_input(params, tokens_BxT, key, rate)
+    x = layer_input(params, tokens_BxT.T, key, rate)  # time-major, as the scan runs
     hs, cs = [], []
     for l in range(num_layers(params)):
         if l:
             x = dropout(key, l, x, rate)
         p = layer(params, l)
-        (h, c), h_TxBxH = jax.lax.scan(lambda carry, x_t: lstm_step(p, carry, x_t),
-                                       (state.h[:, l], state.c[:, l]), jnp.swapaxes(x, 0, 1))
-        x = jnp.swapaxes(h_TxBxH, 0, 1)
+        (h, c), x = jax.lax.scan(lambda carry, x_t: lstm_step(p, carry, x_t), (state.h[:, l], state.c[:, l]), x)
         hs.append(h)
         cs.append(c)
     x = dropout(key, len(hs), x, rate)
-    return x @ params["W_hq"] + params["b_q"], LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))
+    logits_TxBxV = x @ params["W_hq"] + params["b_q"]
+    return jnp.swapaxes(logits_TxBxV, 0, 1), LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))

@@ -66,22 +66,27 @@ class ConciseLSTM(nn.Module):
         if self.embed_dim:
             x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                          name="embed")(tokens_BxT)
-            x = lstm.dropout(key, 0, x, self.dropout)
+            x = _dropout_batch_major(key, 0, x, self.dropout)
         else:
             x = jax.nn.one_hot(tokens_BxT, self.vocab_size, dtype=dtype)
         hs, cs = [], []
         for l in range(self.num_layers):
             if l:
-                x = lstm.dropout(key, l, x, self.dropout)
+                x = _dropout_batch_major(key, l, x, self.dropout)
             cell = nn.OptimizedLSTMCell(self.num_hiddens, dtype=self.dtype, param_dtype=jnp.float32,
                                         name=_flax_layer(l))
             # flax's carry is (c, h); ours is d2l's (h, c).
             (c, h), x = nn.RNN(cell, return_carry=True)(x, initial_carry=(state.c[:, l], state.h[:, l]))
             hs.append(h)
             cs.append(c)
-        x = lstm.dropout(key, self.num_layers, x, self.dropout)
+        x = _dropout_batch_major(key, self.num_layers, x, self.dropout)
         logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
         return logits, LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))
+
+
+def _dropout_batch_major(key, site, x_BxTxD, rate):
+    """``lstm.dropout`` (time-major masks) for flax's batch-major layout: the same units dropped."""
+    return jnp.swapaxes(lstm.dropout(key, site, jnp.swapaxes(x_BxTxD, 0, 1), rate), 0, 1)
 
 
 def _flax_layer(l: int) -> str:

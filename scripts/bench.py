@@ -50,6 +50,9 @@ CONFIGS = {
     "shakespeare_small": dict(batch_size=64, num_steps=64, num_hiddens=256, num_layers=2, max_tokens=0,
                               corpus="tinyshakespeare", normalize="none"),
     "word": dict(batch_size=20, num_steps=20, num_hiddens=200, num_layers=2, max_tokens=0, token="word"),
+    "shakespeare_1layer": dict(batch_size=64, num_steps=100, num_hiddens=512, num_layers=1, max_tokens=0,
+                              corpus="tinyshakespeare", normalize="none"),
+    "big_2layer": dict(batch_size=256, num_steps=35, num_hiddens=512, num_layers=2, max_tokens=40000),
     "tiny": dict(batch_size=4, num_steps=5, num_hiddens=16, num_layers=1, max_tokens=300),  # the smoke test
 }
 JAX_IMPLS = ("scratch", "scratch_reference", "concise", "concise_fast")

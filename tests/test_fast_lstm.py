@@ -22,7 +22,7 @@ default_lanes = fast_lstm.default_lanes  # before the fixture below replaces it
 @pytest.fixture(autouse=True)
 def two_lanes(monkeypatch):
     """The batch in two lanes (as on a 2-core CPU at d2l's batch size), unless a test says otherwise."""
-    monkeypatch.setattr(fast_lstm, "default_lanes", lambda batch_size: 2 if batch_size % 2 == 0 else 1)
+    monkeypatch.setattr(fast_lstm, "default_lanes", lambda batch_size, num_hiddens=0: 2 if batch_size % 2 == 0 else 1)
 
 
 def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False, num_layers=1, embed_dim=0):
@@ -219,9 +219,10 @@ def test_inside_shard_map():
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8, 32, 35, 256])
 def test_default_lanes_divide_the_batch(batch_size):
-    lanes = default_lanes(batch_size)
+    lanes = default_lanes(batch_size, 256)
     assert lanes >= 1 and batch_size % lanes == 0
     assert lanes == 1 or batch_size // lanes >= 8  # never tiny lanes
+    assert default_lanes(batch_size, 1024) == 1  # a product that large spreads over the cores by itself
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
