@@ -14,19 +14,18 @@ as <unk> and are reported.
 from __future__ import annotations
 
 import functools
-import math
 import sys
 
 import jax
 
-from lstm_jax import checkpoint, configs, data, steps
+from lstm_jax import batches, checkpoint, configs, data, steps
 from lstm_jax.errors import UserError
 
 
 def score_ids(loaded: checkpoint.Loaded, ids, start: int, end: int) -> dict:
     """Loss, bits and perplexity of ``ids[start:end]`` under a loaded checkpoint."""
     c = loaded.config
-    streams = data.heldout_streams(ids, start, end, c.batch_size, c.num_steps)
+    streams = batches.heldout_streams(ids, start, end, c.batch_size, c.num_steps)
     fn = jax.jit(functools.partial(steps.eval_loss_sum, loaded.model))
     return {**steps.scores(fn(loaded.params, streams.X, streams.Y, streams.mask), streams.num_tokens, "eval"),
             "num_tokens": streams.num_tokens}

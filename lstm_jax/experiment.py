@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lstm_jax import configs, data, distributed, models
+from lstm_jax import batches, configs, data, distributed, models
 from lstm_jax.errors import UserError
 from lstm_jax.models import LanguageModel
 from lstm_jax.steps import TrainState, eval_loss_sum, init_train_state, make_optimizer, scores, train_block
@@ -30,7 +30,7 @@ class Experiment:
     model: LanguageModel
     optimizer: optax.GradientTransformation
     batches_per_epoch: int
-    heldout: dict  # split name -> data.Streams, for the non-empty held-out splits
+    heldout: dict  # split name -> batches.Streams, for the non-empty held-out splits
     shardings: distributed.Shardings = None  # default: data parallel over all devices (one is fine)
 
     def __post_init__(self):
@@ -45,19 +45,19 @@ class Experiment:
         path = data.resolve_corpus(d.corpus, d.path, d.url, d.sha1, d.cache_dir)
         corpus = data.load_corpus(path, d.token, d.max_tokens, d.val_fraction, d.test_fraction,
                                   d.min_freq, d.normalize)
-        data.check_enough(len(corpus.train), c.batch_size, c.num_steps, d.random_iter,
+        batches.check_enough(len(corpus.train), c.batch_size, c.num_steps, d.random_iter,
                           f"the training split of {path}")
-        n = data.num_batches(len(corpus.train), c.batch_size, c.num_steps, d.random_iter)
-        heldout = {name: data.heldout_streams(corpus.ids, *corpus.splits[name], c.batch_size, c.num_steps)
+        n = batches.num_batches(len(corpus.train), c.batch_size, c.num_steps, d.random_iter)
+        heldout = {name: batches.heldout_streams(corpus.ids, *corpus.splits[name], c.batch_size, c.num_steps)
                    for name in ("val", "test") if corpus.splits[name][1] > corpus.splits[name][0]}
         model = models.from_config(c, len(corpus.vocab))
         return cls(c, corpus, model, make_optimizer(c, c.num_epochs * n), n, heldout)
 
-    def epoch_batches(self, epoch: int, seed: int | None = None) -> data.EpochBatches:
+    def epoch_batches(self, epoch: int, seed: int | None = None) -> batches.EpochBatches:
         """Epoch ``epoch``'s minibatches: a pure function of (seed, epoch)."""
         c = self.config
         seed = c.seed if seed is None else seed
-        return data.EpochBatches(self.corpus.train, c.batch_size, c.num_steps, c.data.random_iter,
+        return batches.EpochBatches(self.corpus.train, c.batch_size, c.num_steps, c.data.random_iter,
                                  np.random.default_rng([seed, epoch]))
 
     def init_train_state(self) -> TrainState:
@@ -145,7 +145,8 @@ def memory_estimate(exp: Experiment) -> int:
     params = m.num_params()
     slots = {"sgd": 0, "adam": 2, "adamw": 2}[c.optimizer]
     per_token = m.num_layers * 10 * c.num_hiddens + 4 * m.vocab_size + 4 * c.embed_dim
-    return 4 * (params * (3 + slots) + c.batch_size * c.num_steps * per_token)
+    # parameters, gradients, the updated copy and transposed weights; the optimizer's slots
+    return 4 * (params * (4 + slots) + c.batch_size * c.num_steps * per_token)
 
 
 def check_memory(exp: Experiment, log: Callable[[str], None]) -> None:

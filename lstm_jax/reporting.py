@@ -220,12 +220,13 @@ def format_table(results: Sequence[dict], rows: str, cols: str) -> str:
     row_values, col_values, table, failed = cell_table(results, rows, cols)
     head = f"final {score_name(results)} (mean over the other axes; 'failed' = nothing finished)"
     names = [f"{_short(cols)} {v:g}" if isinstance(v, float) else f"{_short(cols)} {v}" for v in col_values]
-    width = max(9, *(len(c) for c in names))
-    lines = [head, f"{_short(rows):<8}" + "".join(c.rjust(width) for c in names)]
+    width = max(9, *(len(c) + 2 for c in names))
+    first = max(8, len(_short(rows)) + 2, *(len(str(a)) + 2 for a in row_values))
+    lines = [head, f"{_short(rows):<{first}}" + "".join(c.rjust(width) for c in names)]
     for i, a in enumerate(row_values):
         cells = ["failed" if np.isnan(v) else f"{v:.2f}" + ("*" if failed[i, j] else "")
                  for j, v in enumerate(table[i])]
-        lines.append(f"{str(a):<8}" + "".join(c.rjust(width) for c in cells))
+        lines.append(f"{str(a):<{first}}" + "".join(c.rjust(width) for c in cells))
     if (failed > 0)[np.isfinite(table)].any():
         lines.append("* some trials of this cell failed; the mean is over the others")
     return "\n".join(lines)

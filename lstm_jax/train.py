@@ -229,8 +229,9 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
                 kept = f"; the last checkpoint is {ckpts.where(last_saved)}" if last_saved is not None else ""
                 raise UserError(f"{bad}; training stopped. Metrics up to step {records[-1]['step'] if records else 0}"
                                 f" are in {metrics_path}{kept}; try a smaller learning rate")
-            over_budget = 0 < c.time_budget_s <= elapsed
-            stop = distributed.agree(should_stop() or over_budget)
+            # Decisions every process must take alike (evaluating and saving are collective).
+            over_budget = distributed.agree(0 < c.time_budget_s <= elapsed)
+            stop = over_budget or distributed.agree(should_stop())
             due = bool(c.eval_every_steps) and step % c.eval_every_steps == 0
             if due or over_budget or done == bpe:
                 last = over_budget or (done == bpe and epoch + 1 == c.num_epochs)

@@ -18,7 +18,8 @@ Implementations (``--impls``; the torch ones only when torch is importable, ``pi
   scratch_reference  the scratch model by autodiff of lstm.lstm_step (lstm_impl="reference")
   concise            flax's OptimizedLSTMCell under nn.RNN (the concise model's default)
   concise_fast       flax's parameters through the fast path (lstm_impl="fast")
-  torch              torch.nn.LSTM(num_layers=L) + nn.Linear head (one-hot input or nn.Embedding)
+  torch              torch.nn.LSTM(num_layers=L) + nn.Linear head, on one-hot inputs or, where the
+                     config has an embedding (word), nn.Embedding
 
 ``flops_per_token``: matrix products only, forward and backward (3x the
 forward's: the input and weight gradients), the one-hot input counted as the
@@ -49,7 +50,9 @@ CONFIGS = {
                         corpus="tinyshakespeare", normalize="none"),
     "shakespeare_small": dict(batch_size=64, num_steps=64, num_hiddens=256, num_layers=2, max_tokens=0,
                               corpus="tinyshakespeare", normalize="none"),
-    "word": dict(batch_size=20, num_steps=20, num_hiddens=200, num_layers=2, max_tokens=0, token="word"),
+    # Zaremba et al.'s small model's shape: word embeddings as wide as the layers.
+    "word": dict(batch_size=20, num_steps=20, num_hiddens=200, num_layers=2, max_tokens=0, token="word",
+                 embed_dim=200),
     "shakespeare_1layer": dict(batch_size=64, num_steps=100, num_hiddens=512, num_layers=1, max_tokens=0,
                               corpus="tinyshakespeare", normalize="none"),
     "big_2layer": dict(batch_size=256, num_steps=35, num_hiddens=512, num_layers=2, max_tokens=40000),
@@ -74,6 +77,7 @@ def make_config(name: str, impl: str):
     c, spec = configs.get_base_config(), CONFIGS[name]
     for key in ("batch_size", "num_steps", "num_hiddens", "num_layers"):
         c[key] = spec[key]
+    c.embed_dim = spec.get("embed_dim", 0)
     c.data.max_tokens = spec["max_tokens"]
     c.data.corpus = spec.get("corpus", "timemachine")
     c.data.normalize = spec.get("normalize", "d2l")
@@ -85,8 +89,9 @@ def make_config(name: str, impl: str):
 
 
 def flops_per_token(c, vocab_size: int) -> int:
-    H, L = c.num_hiddens, c.num_layers
-    forward = (L - 1) * H * 4 * H + L * H * 4 * H + H * vocab_size  # input projections, recurrence, head
+    H, L, E = c.num_hiddens, c.num_layers, c.embed_dim
+    # input projections (layer 0's only with an embedding), recurrences, head
+    forward = E * 4 * H + (L - 1) * H * 4 * H + L * H * 4 * H + H * vocab_size
     return 3 * 2 * forward
 
 
@@ -145,9 +150,11 @@ class TorchRunner:
         self.exp = exp = Experiment.from_config(make_config(config_name, "scratch"))
         c = exp.config
         self.V = V = len(exp.corpus.vocab)
-        self.lstm = torch.nn.LSTM(V, c.num_hiddens, num_layers=c.num_layers)
+        self.embed = torch.nn.Embedding(V, c.embed_dim) if c.embed_dim else None
+        self.lstm = torch.nn.LSTM(c.embed_dim or V, c.num_hiddens, num_layers=c.num_layers)
         self.head = torch.nn.Linear(c.num_hiddens, V)
-        self.params = list(self.lstm.parameters()) + list(self.head.parameters())
+        self.params = [*(self.embed.parameters() if self.embed else []), *self.lstm.parameters(),
+                       *self.head.parameters()]
         self.optimizer = torch.optim.SGD(self.params, lr=c.learning_rate)
         self.epoch, self.done, self.state = 0, 0, None
         self.batches = exp.epoch_batches(0)
@@ -163,7 +170,8 @@ class TorchRunner:
             X = torch.from_numpy(b.X[0].T.astype(np.int64))  # time-major, as nn.LSTM's default
             Y = torch.from_numpy(b.Y[0].T.astype(np.int64))
             state = None if self.state is None else tuple(s.detach() for s in self.state)
-            out, self.state = self.lstm(F.one_hot(X, self.V).float(), state)
+            inputs = self.embed(X) if self.embed is not None else F.one_hot(X, self.V).float()
+            out, self.state = self.lstm(inputs, state)
             loss = F.cross_entropy(self.head(out).reshape(-1, self.V), Y.reshape(-1))
             self.optimizer.zero_grad()
             loss.backward()

@@ -51,7 +51,6 @@ def train_torch(config, budget_s: float, log) -> dict:
     """PyTorch's nn.LSTM (+ nn.Embedding, nn.Dropout, nn.Linear), trained like lstm_jax trains."""
     import torch
 
-    from lstm_jax import data
     from lstm_jax.experiment import Experiment
 
     torch.manual_seed(config.seed)

@@ -8,11 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
-import ml_collections
-import numpy as np
 import pytest
 
 from conftest import REPO, TINY_CLI, assert_same_params, one_error_line, quiet, run_cli

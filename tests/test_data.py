@@ -108,72 +108,6 @@ def test_splits_are_contiguous_tails():
         data.load_corpus(path, max_tokens=11000, test_fraction=1e-20)
 
 
-def test_heldout_streams_score_every_token_once():
-    ids = np.arange(100, 203, dtype=np.int32)  # token i at position i - 100
-    s = data.heldout_streams(ids, 30, 103, batch_size=4, chunk=5)
-    assert s.num_tokens == 73 and s.X.shape == (4, 4, 5)  # 4 streams of 19 (padded to 20) in chunks of 5
-    m = s.mask.astype(bool)
-    assert m.sum() == 73
-    np.testing.assert_array_equal(np.sort(s.Y[m]), ids[30:103])  # every target once
-    np.testing.assert_array_equal(s.X[m], s.Y[m] - 1)  # each after the token before it
-    # a stream runs on through its chunks: chunk k+1 continues chunk k
-    np.testing.assert_array_equal(s.Y[1:, :, 0][m[1:, :, 0]], (s.Y[:-1, :, -1] + 1)[m[1:, :, 0]])
-
-
-CORPUS = np.arange(1000, dtype=np.int32)  # token i at position i makes offsets visible
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sequential_iterator(seed):
-    B, T = 4, 5
-    b = data.seq_data_iter_sequential(CORPUS, B, T, np.random.default_rng(seed))
-    n = data.num_batches(len(CORPUS), B, T, False)
-    assert b.X.shape == b.Y.shape == (n, B, T) and len(b) == n
-    np.testing.assert_array_equal(b.Y, b.X + 1)  # targets are the inputs shifted by one
-    # Row r of minibatch i+1 continues row r of minibatch i: the state can carry over.
-    np.testing.assert_array_equal(b.X[1:, :, 0], b.X[:-1, :, -1] + 1)
-    assert b.Y.max() < len(CORPUS) and 0 <= b.X[0, 0, 0] <= T  # d2l's offset in [0, num_steps]
-    np.testing.assert_array_equal(b.block(3, 2).X, b.X[3:5])  # blocks cut from the same epoch
-
-
-def test_sequential_offsets_cover_the_range():
-    offsets = {int(data.seq_data_iter_sequential(CORPUS, 4, 5, np.random.default_rng(s)).block(0, 1).X[0, 0, 0])
-               for s in range(200)}
-    assert offsets == set(range(6))
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_random_iterator(seed):
-    B, T = 4, 5
-    b = data.seq_data_iter_random(CORPUS, B, T, np.random.default_rng(seed))
-    assert b.X.shape == (data.num_batches(len(CORPUS), B, T, True), B, T)
-    np.testing.assert_array_equal(b.Y, b.X + 1)
-    np.testing.assert_array_equal(np.diff(b.X, axis=-1), 1)  # each row is a contiguous window
-    starts = b.X[..., 0].ravel()
-    assert len(set(starts)) == len(starts)  # non-overlapping subsequences
-    assert len(set(starts % T)) == 1  # one offset in [0, T-1]
-    assert b.Y.max() < len(CORPUS) and not np.all(np.diff(starts) > 0)  # shuffled
-    np.testing.assert_array_equal(b.block(2, 3).Y, b.Y[2:5])
-
-
-def test_iterators_reproducible_from_seed():
-    for it in (data.seq_data_iter_random, data.seq_data_iter_sequential):
-        a = it(CORPUS, 4, 5, np.random.default_rng([7, 3]))
-        b = it(CORPUS, 4, 5, np.random.default_rng([7, 3]))
-        c = it(CORPUS, 4, 5, np.random.default_rng([7, 4]))
-        np.testing.assert_array_equal(a.X, b.X)
-        assert not np.array_equal(a.X, c.X)
-
-
-@pytest.mark.parametrize("random_iter", [False, True])
-def test_epoch_shape_fixed_for_every_offset(random_iter):
-    # One shape per epoch whatever the random offset, so the step compiles once.
-    for length in (997, 1000, 1003):
-        shapes = {data.EpochBatches(CORPUS[:length], 4, 5, random_iter, np.random.default_rng(s)).X.shape
-                  for s in range(60)}
-        assert shapes == {(data.num_batches(length, 4, 5, random_iter), 4, 5)}
-
-
 def test_bad_corpora(tmp_path):
     resolve = lambda path: data.resolve_corpus("timemachine", path, None, None, str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
@@ -191,8 +125,6 @@ def test_bad_corpora(tmp_path):
     p.write_bytes(b"abc\x00\x01def")
     with pytest.raises(UserError, match="looks binary"):
         data.load_corpus(str(p))
-    with pytest.raises(UserError, match="fewer than one minibatch"):
-        data.check_enough(100, 32, 35, False, "the text")
     with pytest.raises(UserError, match="sha1"):
         data.resolve_corpus("timemachine", write(tmp_path, "abc"), None, "0" * 40, str(tmp_path))
     with pytest.raises(UserError, match="not-a-url.* is not a URL"):

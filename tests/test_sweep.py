@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_CLI, one_error_line, quiet, run_cli
-from lstm_jax import reporting, sweep, train
+from lstm_jax import reporting, train
+from lstm_jax import trials as lib
 from lstm_jax.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def grid(config, **axes):
-    return sweep.expand(sweep.grid_axes(config, {sweep.ALIASES.get(k, k): v for k, v in axes.items()}))
+    return lib.expand(lib.grid_axes(config, {lib.ALIASES.get(k, k): v for k, v in axes.items()}))
 
 
 def curve(result, key="train_ppl"):
@@ -32,23 +33,23 @@ def test_grid_expands_any_field(tiny_config):
     trials = grid(c, hidden=[16, 32], lr=[0.5, 1, 2], seeds=[0, 1])
     assert len(trials) == 12 and len({t.name for t in trials}) == 12
     assert [t.name for t in trials[:3]] == ["h16_lr0.5_s0", "h16_lr0.5_s1", "h16_lr1.0_s0"]
-    assert grid(c) == [sweep.Trial((("num_hiddens", 32), ("learning_rate", 1.0), ("seed", 0)))]
-    deep = grid(c, num_layers=sweep.parse_values(c, "num_layers", "1,2"),
-                dropout=sweep.parse_values(c, "dropout", "0,0.25"))
+    assert grid(c) == [lib.Trial((("num_hiddens", 32), ("learning_rate", 1.0), ("seed", 0)))]
+    deep = grid(c, num_layers=lib.parse_values(c, "num_layers", "1,2"),
+                dropout=lib.parse_values(c, "dropout", "0,0.25"))
     assert [t.name for t in deep][:2] == ["h32_lr1.0_s0_dropout0.0_num_layers1", "h32_lr1.0_s0_dropout0.0_num_layers2"]
-    cfg = sweep.trial_config(c, deep[3])
+    cfg = lib.trial_config(c, deep[3])
     assert (cfg.num_layers, cfg.dropout, cfg.num_hiddens) == (2, 0.25, 32) and "sweep" not in cfg
-    words = sweep.trial_config(c, grid(c, **{"data.token": ["word"]})[0])
+    words = lib.trial_config(c, grid(c, **{"data.token": ["word"]})[0])
     assert words.data.token == "word"
     # The config's sweep section, under the command line's axes.
     import ml_collections
     c.sweep = ml_collections.ConfigDict(dict(hidden=(8, 16), learning_rate=(0.5,), seeds=(3,)))
-    assert [t.name for t in sweep.expand(sweep.grid_axes(c))] == ["h8_lr0.5_s3", "h16_lr0.5_s3"]
-    assert [t.name for t in sweep.expand(sweep.grid_axes(c, {"num_hiddens": [64]}))] == ["h64_lr0.5_s3"]
+    assert [t.name for t in lib.expand(lib.grid_axes(c))] == ["h8_lr0.5_s3", "h16_lr0.5_s3"]
+    assert [t.name for t in lib.expand(lib.grid_axes(c, {"num_hiddens": [64]}))] == ["h64_lr0.5_s3"]
     with pytest.raises(UserError, match="--grid num_layer: the config has no field 'num_layer'"):
-        sweep.parse_values(c, "num_layer", "1")
+        lib.parse_values(c, "num_layer", "1")
     with pytest.raises(UserError, match="--grid num_layers: 'x' is not a int"):
-        sweep.parse_values(c, "num_layers", "1,x")
+        lib.parse_values(c, "num_layers", "1,x")
 
 
 @pytest.mark.slow
@@ -56,8 +57,8 @@ def test_a_solo_trial_is_the_training_run(tiny_config, tmp_path):
     c = tiny_config
     c.num_epochs, c.data.val_fraction = 2, 0.1
     trial = grid(c, lr=[2.0])[0]
-    out = sweep.run_sweep(c, [trial], str(tmp_path / "sweep"), **quiet)
-    alone = train.train_and_evaluate(sweep.trial_config(c, trial), str(tmp_path / "alone"), **quiet)
+    out = lib.run_sweep(c, [trial], str(tmp_path / "sweep"), **quiet)
+    alone = train.train_and_evaluate(lib.trial_config(c, trial), str(tmp_path / "alone"), **quiet)
     r = out["results"][0]
     assert r["final_ppl"] == alone["final_train_ppl"] and r["final_val_ppl"] == alone["final_val_ppl"]
     assert (tmp_path / "sweep" / "trials" / trial.name / "checkpoints").is_dir()  # a full training workdir
@@ -69,11 +70,11 @@ def test_vmapped_trials_are_their_solo_runs(tiny_config, tmp_path, variant, rand
     c = tiny_config
     c.model, c.data.random_iter, c.data.val_fraction, c.num_epochs = variant, random_iter, 0.1, 2
     trials = grid(c, hidden=[24], lr=[0.5, 2.0], seeds=[0, 1])[1:]  # lr 0.5 s1, lr 2 s0, lr 2 s1
-    group = sweep.run_group(c, trials, lambda: False)
+    group = lib.run_group(c, trials, lambda: False)
     assert [r["mode"] for r in group] == ["vmap"] * 3 and all(r["status"] == "ok" for r in group)
     for trial, r in zip(trials, group):
-        sweep.run_solo(c, trial, str(tmp_path), lambda: False)
-        metrics = reporting.read_metrics(os.path.join(sweep.trial_dir(str(tmp_path), trial), "metrics.jsonl"))
+        lib.run_solo(c, trial, str(tmp_path), lambda: False)
+        metrics = reporting.read_metrics(os.path.join(lib.trial_dir(str(tmp_path), trial), "metrics.jsonl"))
         np.testing.assert_allclose(curve(r), [m["train_ppl"] for m in metrics], rtol=1e-5)
         np.testing.assert_allclose(curve(r, "val_ppl"), [m["val_ppl"] for m in metrics], rtol=1e-5)
     assert len({round(r["final_ppl"], 5) for r in group}) == 3  # lr and seed both matter
@@ -82,7 +83,7 @@ def test_vmapped_trials_are_their_solo_runs(tiny_config, tmp_path, variant, rand
 def test_a_diverging_trial_fails_alone_in_its_group(tiny_config):
     tiny_config.num_epochs = 2
     trials = grid(tiny_config, lr=[2.0, float("inf")])
-    good, bad = sweep.run_group(tiny_config, trials, lambda: False)
+    good, bad = lib.run_group(tiny_config, trials, lambda: False)
     assert bad["status"] == "failed" and "loss became nan in epoch 1" in bad["reason"] and bad["final_ppl"] is None
     assert good["status"] == "ok" and good["epochs"] == 2
 
@@ -93,7 +94,7 @@ def test_resume_failures_tables_and_a_shrunk_grid(tiny_config, tmp_path):
     c.num_epochs = 2
     # hidden 0 fails config validation; lr=inf diverges; the rest finish.
     trials = grid(c, hidden=[0, 16], lr=[1.0, float("inf")])
-    first = sweep.run_sweep(c, trials, out, **quiet)
+    first = lib.run_sweep(c, trials, out, **quiet)
     assert first["ran"] == 4 and first["skipped"] == 0
     status = {r["trial"]: (r["status"], r["reason"]) for r in first["results"]}
     assert status["h16_lr1.0_s0"] == ("ok", "")
@@ -114,23 +115,23 @@ def test_resume_failures_tables_and_a_shrunk_grid(tiny_config, tmp_path):
     # One more learning rate: only the new trials run; finished ones are not touched.
     before = (tmp_path / "sweep" / "trials" / "h16_lr1.0_s0" / "result.json").read_text()
     more = grid(c, hidden=[0, 16], lr=[1.0, float("inf"), 2.0])
-    second = sweep.run_sweep(c, more, out, **quiet)
+    second = lib.run_sweep(c, more, out, **quiet)
     assert second["ran"] == 2 and second["skipped"] == 4
     assert (tmp_path / "sweep" / "trials" / "h16_lr1.0_s0" / "result.json").read_text() == before
     best_h16_lr2 = second["best"]
     # A smaller grid: the tables still cover every finished trial, marking the current grid's.
-    third = sweep.run_sweep(c, grid(c, hidden=[16], lr=[1.0]), out, **quiet)
+    third = lib.run_sweep(c, grid(c, hidden=[16], lr=[1.0]), out, **quiet)
     assert third["ran"] == 0 and len(third["results"]) == 6
     assert {r["trial"]: r["in_grid"] for r in third["results"]}["h16_lr2.0_s0"] is False
     assert third["best"]["trial"] == best_h16_lr2["trial"]  # not forgotten by the smaller grid
     # Failed trials are kept unless asked; a different base config is refused, naming the field.
-    assert sweep.run_sweep(c, more, out, **quiet)["ran"] == 0
-    assert sweep.run_sweep(c, more, out, retry_failed=True, **quiet)["ran"] == 4
+    assert lib.run_sweep(c, more, out, **quiet)["ran"] == 0
+    assert lib.run_sweep(c, more, out, retry_failed=True, **quiet)["ran"] == 4
     c.lstm_impl = "reference"  # the same function computed another way: not a different config
-    assert sweep.run_sweep(c, more, out, **quiet)["ran"] == 0
+    assert lib.run_sweep(c, more, out, **quiet)["ran"] == 0
     c.num_epochs = 3
     with pytest.raises(UserError, match=r"different config \(num_epochs \(2 -> 3\)\)"):
-        sweep.run_sweep(c, more, out, **quiet)
+        lib.run_sweep(c, more, out, **quiet)
 
 
 @pytest.mark.slow
@@ -138,9 +139,9 @@ def test_shards_fill_one_directory(tiny_config, tmp_path):
     c, out = tiny_config, str(tmp_path / "sweep")
     c.num_epochs = 1
     trials = grid(c, lr=[0.5, 1.0, 2.0])
-    a = sweep.run_sweep(c, trials, out, shard=(0, 2), **quiet)
+    a = lib.run_sweep(c, trials, out, shard=(0, 2), **quiet)
     assert a["ran"] == 2 and len(a["results"]) == 2  # trials 0 and 2
-    b = sweep.run_sweep(c, trials, out, shard=(1, 2), **quiet)
+    b = lib.run_sweep(c, trials, out, shard=(1, 2), **quiet)
     assert b["ran"] == 1 and len(b["results"]) == 3  # and the tables cover both shards
 
 

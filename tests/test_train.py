@@ -1,6 +1,5 @@
 """The training loop: it learns, it is a function of its config, it evaluates and stops as asked."""
 
-import json
 import math
 
 import jax

@@ -1,0 +1,122 @@
+"""Minibatches: d2l's two partitioning schemes, cut into blocks on demand, and held-out streams.
+
+Everything follows d2l 0.x: sequential partitioning (row b of minibatch i+1
+continues row b of minibatch i, so the state can carry over) and random
+partitioning (shuffled non-overlapping windows). Randomness comes from an
+explicit ``numpy.random.Generator`` that the caller derives from the run's seed
+and the epoch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from lstm_jax.errors import UserError
+
+
+class Batches(NamedTuple):
+    X: np.ndarray  # (num_batches, batch, steps) int32
+    Y: np.ndarray  # X shifted by one token
+
+
+def num_batches(num_tokens: int, batch_size: int, num_steps: int, random_iter: bool) -> int:
+    """Minibatches per epoch for the worst-case random offset (shapes stay fixed)."""
+    if random_iter:
+        return ((num_tokens - num_steps) // num_steps) // batch_size
+    return ((num_tokens - num_steps - 1) // batch_size) // num_steps
+
+
+def check_enough(num_tokens: int, batch_size: int, num_steps: int, random_iter: bool, what: str):
+    if num_batches(num_tokens, batch_size, num_steps, random_iter) < 1:
+        raise UserError(
+            f"{what} has {num_tokens} tokens, fewer than one minibatch of "
+            f"batch_size={batch_size} x num_steps={num_steps} needs "
+            f"(about {batch_size * num_steps + num_steps + 1}); use a longer text or smaller sizes")
+
+
+class EpochBatches:
+    """One epoch's minibatches, cut on demand: ``block(i, n)`` is minibatches i..i+n-1.
+
+    Nothing of the epoch is copied up front, so a long corpus costs no more
+    memory than its id array.
+    """
+
+    def __init__(self, corpus: np.ndarray, batch_size: int, num_steps: int, random_iter: bool,
+                 rng: np.random.Generator):
+        B, T = batch_size, num_steps
+        self.shape = (B, T)
+        self._n = num_batches(len(corpus), B, T, random_iter)
+        self._corpus = corpus
+        if random_iter:  # d2l's seq_data_iter_random: shuffled, non-overlapping windows
+            start = int(rng.integers(0, T))  # randint(0, num_steps - 1)
+            starts = start + np.arange(0, ((len(corpus) - start - 1) // T) * T, T)
+            rng.shuffle(starts)
+            self._starts = starts[:self._n * B].reshape(self._n, B)
+        else:  # d2l's seq_data_iter_sequential: row b of minibatch i+1 continues row b of i
+            offset = int(rng.integers(0, T + 1))  # randint(0, num_steps), inclusive
+            num_tokens = ((len(corpus) - offset - 1) // B) * B
+            self._rows = corpus[offset:offset + num_tokens + 1]
+            self._width = num_tokens // B
+            self._starts = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def block(self, i: int, n: int) -> Batches:
+        B, T = self.shape
+        window = np.arange(T)
+        if self._starts is not None:
+            s = self._starts[i:i + n, :, None] + window
+            return Batches(self._corpus[s].astype(np.int32), self._corpus[s + 1].astype(np.int32))
+        # d2l yields (row width) // num_steps windows; that count can vary by one
+        # with the offset. We take the minimum, so every epoch has one shape.
+        s = (np.arange(B)[:, None] * self._width + i * T + np.arange(n * T)).reshape(B, n, T)
+        s = s.transpose(1, 0, 2)
+        return Batches(self._rows[s].astype(np.int32), self._rows[s + 1].astype(np.int32))
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.block(0, len(self)).X
+
+    @property
+    def Y(self) -> np.ndarray:
+        return self.block(0, len(self)).Y
+
+
+def seq_data_iter_sequential(corpus, batch_size, num_steps, rng) -> EpochBatches:
+    return EpochBatches(corpus, batch_size, num_steps, False, rng)
+
+
+def seq_data_iter_random(corpus, batch_size, num_steps, rng) -> EpochBatches:
+    return EpochBatches(corpus, batch_size, num_steps, True, rng)
+
+
+class Streams(NamedTuple):
+    """A held-out split as B parallel streams, cut into chunks of C steps.
+
+    ``X``, ``Y`` (N, B, C) int32 and ``mask`` (N, B, C): each stream is scored
+    from a zero state, carried through all its chunks; padding has mask 0.
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    mask: np.ndarray
+    num_tokens: int
+
+
+def heldout_streams(ids: np.ndarray, start: int, end: int, batch_size: int, chunk: int) -> Streams:
+    """Every token of ``ids[start:end]`` as a target, each after the token before it."""
+    n = end - start
+    if start < 1 or n < 1:
+        raise ValueError("a held-out split needs at least one token and one before it")
+    B = batch_size
+    width = -(-n // B)
+    padded = -(-width // chunk) * chunk
+    X, Y, mask = (np.zeros((B, padded), np.int32) for _ in range(3))
+    flat = lambda a: np.pad(a, (0, B * width - n)).reshape(B, width)
+    X[:, :width], Y[:, :width] = flat(ids[start - 1:end - 1]), flat(ids[start:end])
+    mask[:, :width] = flat(np.ones(n, np.int32))
+    cut = lambda a: a.reshape(B, -1, chunk).transpose(1, 0, 2).copy()
+    return Streams(cut(X), cut(Y), cut(mask).astype(np.float32), n)
