@@ -3,6 +3,8 @@
   python scripts/bench.py                                  # d2l and big
   python scripts/bench.py --configs shakespeare,shakespeare_small,word --rounds 5
   python scripts/bench.py --configs d2l --rounds 3 --json bench.json
+  python scripts/bench.py --configs shakespeare_small --impls torch,scratch --hiddens 128,256,512,768,1024 \
+      --plot docs/img/hidden_size.png                      # tokens/s against hidden size
 
 For every config each implementation trains on the same minibatches (d2l's
 sequential partitioning, state carried across minibatches) with the same loss
@@ -281,6 +283,31 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_hidden_sizes(results: list[dict], info: dict, peak: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for impl in dict.fromkeys(r["impl"] for r in results):
+        rows = sorted((r["num_hiddens"], r["tokens_per_sec_median"]) for r in results if r["impl"] == impl)
+        ax.plot(*zip(*rows), marker="o", label="nn.LSTM" if impl == "torch" else f"lstm_jax {impl}")
+    first = results[0]
+    ax.set(xscale="log", yscale="log", xlabel="hidden units per layer", ylabel="training tokens/s (median)",
+           title=f"{first['num_layers']} layers, batch {first['batch_size']} x {first['num_steps']} steps")
+    hs = sorted({r["num_hiddens"] for r in results})
+    ax.set_xticks(hs, [str(h) for h in hs])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, f"{info['cpu']}, {info['cpus']} cores; 2048^2 float32 product {peak:.0f} GFLOP/s",
+             fontsize=7, color="gray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="d2l,big", help=f"comma-separated, of {sorted(CONFIGS)}")
@@ -290,11 +317,24 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--round-seconds", type=float, default=1.0, help="about how long a round is")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
+    parser.add_argument("--hiddens", default=None, help="comma-separated hidden sizes: each config at each of them")
+    parser.add_argument("--plot", default=None, help="with --hiddens: a PNG of tokens/s against hidden size")
     args = parser.parse_args(argv)
     configs = args.configs.split(",")
     for name in configs:
         if name not in CONFIGS:
             parser.error(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+    if args.plot and not args.hiddens:
+        parser.error("--plot needs --hiddens")
+    if args.hiddens:
+        try:
+            hiddens = [int(h) for h in args.hiddens.split(",")]
+        except ValueError:
+            parser.error(f"--hiddens takes integers, not {args.hiddens!r}")
+        for name in configs:
+            for h in hiddens:
+                CONFIGS[f"{name}_h{h}"] = {**CONFIGS[name], "num_hiddens": h}
+        configs = [f"{name}_h{h}" for name in configs for h in hiddens]
     has_torch = torch_available()
     impls = [i for i in DEFAULT_IMPLS if has_torch or i not in TORCH_IMPLS] if args.impls is None \
         else args.impls.split(",")
@@ -313,6 +353,8 @@ def main(argv=None):
     for name in configs:
         results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, log)
     print(format_table(results))
+    if args.plot:
+        plot_hidden_sizes(results, info, peak, args.plot)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"machine": {**info, "matmul_peak_gflops": peak}, "args": vars(args), "results": results},

@@ -22,3 +22,22 @@ def test_bench_smoke(tmp_path):
         assert r["vs_torch"] > 0
     assert report["machine"]["matmul_peak_gflops"] > 1
     assert "| tiny" in out.stdout and "concise_fast" in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_hidden_sizes_plot(tmp_path):
+    out_json, png = tmp_path / "bench.json", tmp_path / "hidden.png"
+    out = run_cli("scripts/bench.py", "--configs", "tiny", "--impls", "scratch,torch", "--hiddens", "8,16",
+                  "--rounds", "1", "--warmup", "0", "--round-seconds", "0.01", "--json", str(out_json),
+                  "--plot", str(png))
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out_json.read_text())["results"]
+    assert sorted((r["config"], r["num_hiddens"], r["impl"]) for r in results) == [
+        ("tiny_h16", 16, "scratch"), ("tiny_h16", 16, "torch"), ("tiny_h8", 8, "scratch"), ("tiny_h8", 8, "torch")]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_rejects_bad_hiddens():
+    out = run_cli("scripts/bench.py", "--configs", "tiny", "--hiddens", "big")
+    assert out.returncode == 2 and "--hiddens takes integers" in out.stderr
