@@ -34,7 +34,7 @@ CORPORA = {
 }
 TIME_MACHINE_SHA1 = CORPORA["timemachine"][1]
 UNK = "<unk>"
-_CHUNK_BYTES = 1 << 24
+_CHUNK_BYTES = 1 << 22  # 4 MB of text at a time: peak memory stays a small multiple of it
 
 
 # --------------------------------------------------------------------------

@@ -264,8 +264,9 @@ def _weight_gradient(h0, h_TxBxH, saved, dz_TxBxN, dt):
 
 def _stores_transposed_h(lane_rows: int) -> bool:
     """Whether the forward loop also stores h transposed, for the weight gradient:
-    it pays for few rows per lane, where the per-step transposes are cheap."""
-    return lane_rows <= 32
+    it pays for few rows per lane, where the per-step transposes are cheap
+    (docs/performance.md has the A/B)."""
+    return lane_rows <= 16
 
 
 def time_unroll(num_steps: int) -> int:

@@ -1,9 +1,12 @@
 """Training curves of several runs in one picture (README's docs/img/perplexity.png).
 
   python scripts/plot_runs.py runs/scratch runs/concise --out docs/img/perplexity.png
+  python scripts/plot_runs.py runs/shakespeare runs/shakespeare_long --x elapsed_s --y loss \
+      --out docs/img/shakespeare.png
 
-Each run is a training workdir; its metrics.jsonl gives perplexity against epoch, training
-(solid) and held-out (dashed) where there is one; its config.json gives the label.
+Each run is a training workdir; its metrics.jsonl gives perplexity (or loss in nats per
+token) against epoch, step or training seconds, training (solid) and held-out (dashed) where
+there is one; its config.json gives the label.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="training workdirs")
     parser.add_argument("--out", required=True, help="the PNG to write")
     parser.add_argument("--title", default="")
+    parser.add_argument("--x", choices=("epoch", "step", "elapsed_s"), default="epoch")
+    parser.add_argument("--y", choices=("ppl", "loss"), default="ppl", help="perplexity or nats per token")
     args = parser.parse_args()
+    x, y = args.x, args.y
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for run in args.runs:
@@ -31,14 +37,18 @@ def main() -> None:
             c = json.load(f)
         impl = c.get("lstm_impl") or ("fast path" if c["model"] == "scratch" else "flax's cell")
         label = f"{c['model']} ({impl}), {c.get('num_layers', 1)} x {c['num_hiddens']}"
-        line, = ax.plot([r["epoch"] for r in records], [r["train_ppl"] for r in records], label=label)
-        val = [(r["epoch"], r["val_ppl"]) for r in records if r.get("val_ppl") is not None]
+        if c.get("dropout"):
+            label += f", dropout {c['dropout']:g}"
+        line, = ax.plot([r[x] for r in records], [r[f"train_{y}"] for r in records], label=label)
+        val = [(r[x], r[f"val_{y}"]) for r in records if r.get(f"val_{y}") is not None]
         if val:
             ax.plot(*zip(*val), "--", color=line.get_color(), label=f"{label}, held-out")
-    ax.set_yscale("log")
-    ax.set_xscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training perplexity")
+    if y == "ppl":
+        ax.set_yscale("log")
+    if x == "epoch":
+        ax.set_xscale("log")
+    ax.set_xlabel({"epoch": "epoch", "step": "update", "elapsed_s": "training seconds"}[x])
+    ax.set_ylabel("perplexity" if y == "ppl" else "loss (nats per token)")
     ax.set_title(args.title)
     ax.grid(True, alpha=0.3, which="both")
     ax.legend()

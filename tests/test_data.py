@@ -171,3 +171,16 @@ def test_download_over_http(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("token,normalize", [("char", "d2l"), ("char", "none"), ("word", "d2l"), ("word", "none")])
+def test_chunk_boundaries_change_nothing(token, normalize, monkeypatch):
+    # The file is read a few MB at a time; in 4 KB pieces (lines and words cut across
+    # many boundaries) the ids and the vocabulary's order must be the same.
+    path = data.builtin_corpus_path("timemachine")
+    whole = data.load_corpus(path, token, 0, normalize=normalize)
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 4096)
+    pieces = data.load_corpus(path, token, 0, normalize=normalize)
+    assert pieces.vocab.idx_to_token == whole.vocab.idx_to_token
+    np.testing.assert_array_equal(pieces.ids, whole.ids)
+    assert len(whole.ids) > 30000

@@ -3,8 +3,13 @@
 import os
 import re
 
-from conftest import REPO
+from conftest import REPO, tiny
 from lstm_jax import configs
+
+
+def readme() -> str:
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        return f.read()
 
 
 def fields(config, prefix=""):
@@ -16,9 +21,22 @@ def fields(config, prefix=""):
 
 
 def test_every_config_field_is_in_the_readme_table():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    table = set(re.findall(r"^\| `([a-z0-9_.]+)` \|", readme, flags=re.M))
+    text = readme()
+    table = set(re.findall(r"^\| `([a-z0-9_.]+)` \|", text, flags=re.M))
     missing = [name for name in fields(configs.get_base_config()) if name not in table]
     assert not missing, f"README.md's config table lacks {missing}"
-    assert len(readme.splitlines()) <= 250
+    assert len(text.splitlines()) <= 250
+
+
+def test_the_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    # README's example as written, on the smoke-test sizes (its base config would take minutes).
+    (code,) = re.findall(r"```python\n(.*?)```", readme(), flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    small = tiny()
+    monkeypatch.setattr(configs, "get_base_config", small.copy_and_resolve_references)
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    ppl, best = lines[-2].split()
+    assert 1 < float(ppl) < 40 and best == "None"  # tiny.py has no validation split
+    assert lines[-1].startswith("time traveller") and len(lines[-1]) > len("time traveller")
+    assert (tmp_path / "runs" / "mine" / "checkpoints").is_dir()
