@@ -4,7 +4,7 @@ Modules: ``data`` (corpora, vocabulary, minibatches), ``lstm`` and
 ``fast_lstm`` (the scratch math), ``models`` (both variants behind one
 interface), ``steps`` (the pure train and eval steps), ``experiment`` (a run's
 parts), ``train`` (the training loop and its CLI), ``checkpoint``, ``sweep``,
-``predict``, ``evaluate``. Nothing heavy is imported here, so
+``predict``, ``evaluate``, ``allocator``. Nothing heavy is imported here, so
 ``python -m lstm_jax.train`` never imports itself twice.
 """
 
@@ -23,3 +23,7 @@ if _sys.argv[:1] == ["-m"]:  # `python -m lstm_jax.<program>`, before its import
 
     _signal.signal(_signal.SIGINT, _interrupted_while_starting)
     _signal.signal(_signal.SIGTERM, _interrupted_while_starting)
+
+    from lstm_jax import allocator as _allocator
+
+    _allocator.keep_freed_memory()  # before JAX starts its threads

@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from lstm_jax import allocator
+
 # name: batch, steps, hidden, layers, training tokens (0: all), corpus, tokens, normalize, embedding
 CONFIGS = {
     "d2l": dict(batch_size=32, num_steps=35, num_hiddens=256, num_layers=1, max_tokens=10000),
@@ -319,7 +321,11 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     parser.add_argument("--hiddens", default=None, help="comma-separated hidden sizes: each config at each of them")
     parser.add_argument("--plot", default=None, help="with --hiddens: a PNG of tokens/s against hidden size")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default it keeps freed memory, as the "
+                        "training CLI does: lstm_jax.allocator); for an A/B, in separate runs")
     args = parser.parse_args(argv)
+    kept = False if args.system_malloc else allocator.keep_freed_memory()  # before JAX starts its threads
     configs = args.configs.split(",")
     for name in configs:
         if name not in CONFIGS:
@@ -348,7 +354,7 @@ def main(argv=None):
     peak = matmul_peak_gflops()
     log(f"{info['cpu']} ({info.get('cpu_flags', '')}), {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"
         + (f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else "")
-        + f"; 2048^2 float32 product: {peak:.0f} GFLOP/s")
+        + f"; 2048^2 float32 product: {peak:.0f} GFLOP/s; malloc keeps freed memory: {kept}")
     results = []
     for name in configs:
         results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, log)
@@ -357,7 +363,7 @@ def main(argv=None):
         plot_hidden_sizes(results, info, peak, args.plot)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": {**info, "matmul_peak_gflops": peak}, "args": vars(args), "results": results},
+            json.dump({"machine": {**info, "matmul_peak_gflops": peak, "malloc_keeps_freed_memory": kept}, "args": vars(args), "results": results},
                       f, indent=2)
     return results
 

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from lstm_jax import allocator
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -149,6 +151,7 @@ def main() -> None:
     bad = [o for o in overrides if not o.startswith("--config.") or "=" not in o]
     if bad:
         parser.error(f"unknown arguments {bad}; overrides look like --config.<field>=<value>")
+    allocator.keep_freed_memory()  # for both, as the training CLI does; before JAX starts its threads
     config = load(args.config, overrides)
     if config.data.val_fraction <= 0:
         parser.error("the config needs a validation split (config.data.val_fraction > 0)")

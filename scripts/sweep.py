@@ -1,6 +1,9 @@
 """The sweep CLI's earlier name: the same as ``python -m lstm_jax.sweep`` (see its --help)."""
 
-from lstm_jax.sweep import main
-
 if __name__ == "__main__":
+    from lstm_jax import allocator
+
+    allocator.keep_freed_memory()  # before JAX starts its threads, as under `python -m`
+    from lstm_jax.sweep import main
+
     main()
