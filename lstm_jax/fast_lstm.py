@@ -201,6 +201,33 @@ def _recurrence_and_head_bwd(residuals, cotangents):
 recurrence_and_head.defvjp(_recurrence_and_head_fwd, _recurrence_and_head_bwd)
 
 
+@jax.custom_vjp
+def input_projection(x_TxBxD, W_Dx4H, b_4H):
+    """``x W_x + b`` for all time steps at once, per lane: a layer's input projection before its loop.
+
+    Its own VJP so that the weight gradient is written as the product XLA:CPU runs
+    without first transposing the (T*B, 4H) gate gradients (autodiff's form of it
+    did: a 52 MB copy per minibatch at batch 64 x 100, hidden 512).
+    """
+    return tuple(x @ W_Dx4H + b_4H for x in x_TxBxD)
+
+
+def _input_projection_fwd(x_TxBxD, W_Dx4H, b_4H):
+    return input_projection(x_TxBxD, W_Dx4H, b_4H), (x_TxBxD, W_Dx4H)
+
+
+def _input_projection_bwd(residuals, dxp_TxBx4H):
+    x_TxBxD, W_Dx4H = residuals
+    D, G = W_Dx4H.shape
+    dW = sum(jnp.dot(x.reshape(-1, D).T, d.reshape(-1, G), preferred_element_type=W_Dx4H.dtype)
+             for x, d in zip(x_TxBxD, dxp_TxBx4H))
+    W_4HxD = jnp.transpose(W_Dx4H)
+    return (tuple(d @ W_4HxD for d in dxp_TxBx4H), dW, sum(d.sum((0, 1)) for d in dxp_TxBx4H))
+
+
+input_projection.defvjp(_input_projection_fwd, _input_projection_bwd)
+
+
 def _reverse(W_Hx4H, c0, saved, dh_TxBxH, dh_last, dc_last, extra=None):
     """The reverse loop: each step's gate gradients dz (T, B, 4H), per lane, and dh0, dc0.
 
@@ -355,7 +382,7 @@ def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None, rat
                 mask = split(lstm.dropout_mask(key, l, (tokens_TxB.shape[0], B, W_h.shape[0]), rate,
                                                x_TxBxD[0].dtype), 1)
                 x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
-            xp = tuple(x @ W_x + b for x in x_TxBxD)  # all time steps in one product, outside the loop
+            xp = input_projection(*_same_vma((x_TxBxD, W_x, b)))  # all steps in one product, before the loop
         h0, c0 = split(state.h[:, l], 0), split(state.c[:, l], 0)
         if l == L - 1 and not drop:
             logits, h, c = recurrence_and_head(*_same_vma((xp, W_h, params["W_hq"], params["b_q"], h0, c0)))
