@@ -321,11 +321,11 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     parser.add_argument("--hiddens", default=None, help="comma-separated hidden sizes: each config at each of them")
     parser.add_argument("--plot", default=None, help="with --hiddens: a PNG of tokens/s against hidden size")
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's malloc as it is (by default it keeps freed memory, as the "
-                        "training CLI does: lstm_jax.allocator); for an A/B, in separate runs")
+    parser.add_argument("--small-pages", action="store_true",
+                        help="do not restart with malloc's huge pages (lstm_jax.allocator, as the training "
+                        "CLI does); for an A/B, in separate runs")
     args = parser.parse_args(argv)
-    kept = False if args.system_malloc else allocator.keep_freed_memory()  # before JAX starts its threads
+    huge = allocator.TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
     configs = args.configs.split(",")
     for name in configs:
         if name not in CONFIGS:
@@ -354,7 +354,7 @@ def main(argv=None):
     peak = matmul_peak_gflops()
     log(f"{info['cpu']} ({info.get('cpu_flags', '')}), {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"
         + (f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else "")
-        + f"; 2048^2 float32 product: {peak:.0f} GFLOP/s; malloc keeps freed memory: {kept}")
+        + f"; 2048^2 float32 product: {peak:.0f} GFLOP/s; malloc huge pages: {huge}")
     results = []
     for name in configs:
         results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, log)
@@ -363,10 +363,12 @@ def main(argv=None):
         plot_hidden_sizes(results, info, peak, args.plot)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": {**info, "matmul_peak_gflops": peak, "malloc_keeps_freed_memory": kept}, "args": vars(args), "results": results},
-                      f, indent=2)
+            machine = {**info, "matmul_peak_gflops": peak, "malloc_huge_pages": huge}
+            json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)
     return results
 
 
 if __name__ == "__main__":
+    if "--small-pages" not in sys.argv[1:]:
+        allocator.restart_with_huge_pages()
     main()

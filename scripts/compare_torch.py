@@ -151,7 +151,6 @@ def main() -> None:
     bad = [o for o in overrides if not o.startswith("--config.") or "=" not in o]
     if bad:
         parser.error(f"unknown arguments {bad}; overrides look like --config.<field>=<value>")
-    allocator.keep_freed_memory()  # for both, as the training CLI does; before JAX starts its threads
     config = load(args.config, overrides)
     if config.data.val_fraction <= 0:
         parser.error("the config needs a validation split (config.data.val_fraction > 0)")
@@ -169,4 +168,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    allocator.restart_with_huge_pages()  # for both, as the training CLI does
     main()

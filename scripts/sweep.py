@@ -3,7 +3,7 @@
 if __name__ == "__main__":
     from lstm_jax import allocator
 
-    allocator.keep_freed_memory()  # before JAX starts its threads, as under `python -m`
+    allocator.restart_with_huge_pages()  # as under `python -m`
     from lstm_jax.sweep import main
 
     main()
