@@ -307,16 +307,25 @@ def time_unroll(num_steps: int) -> int:
 
 
 # Above this many FLOPs, one step's (B, H) x (H, 4H) product spreads over the cores by itself
-# and lanes only add overhead (docs/fast_path.md).
+# and lanes only add overhead, unless each lane keeps so many rows that its product alone runs
+# near one core's peak (docs/performance.md: B64 x H512 one lane, B256 x H512 two).
 _LANES_UP_TO_FLOPS = 64e6
+_TALL_LANE_ROWS = 128
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_lanes(batch_size: int, num_hiddens: int = 0) -> int:
     """Lanes for a batch on the CPU backend: one per core, at least 8 rows each, while a
-    step's product is small; else (or on an accelerator) 1."""
-    if jax.default_backend() != "cpu" or 2 * batch_size * num_hiddens * 4 * num_hiddens > _LANES_UP_TO_FLOPS:
+    step's product is small or each lane has 128 rows or more; else (or on an accelerator) 1."""
+    if jax.default_backend() != "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
+    small = 2 * batch_size * num_hiddens * 4 * num_hiddens <= _LANES_UP_TO_FLOPS
+    if not small and batch_size // cores < _TALL_LANE_ROWS:
+        return 1
     lanes = max(1, min(cores, batch_size // 8))
     while batch_size % lanes:
         lanes -= 1

@@ -222,7 +222,10 @@ def test_default_lanes_divide_the_batch(batch_size):
     lanes = default_lanes(batch_size, 256)
     assert lanes >= 1 and batch_size % lanes == 0
     assert lanes == 1 or batch_size // lanes >= 8  # never tiny lanes
-    assert default_lanes(batch_size, 1024) == 1  # a product that large spreads over the cores by itself
+    if batch_size // fast_lstm._cores() < 128:
+        assert default_lanes(batch_size, 1024) == 1  # a product that large spreads over the cores by itself
+    elif fast_lstm._cores() > 1:
+        assert default_lanes(batch_size, 1024) > 1  # unless each lane's product is large enough alone
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
