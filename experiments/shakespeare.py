@@ -8,8 +8,8 @@ karpathy/char-rnn's input.txt (nanoGPT's shakespeare_char): 1,115,394
 characters, 65 distinct, the first 90% for training and the last 10% scored
 in full (nats/char). The concise model (flax's parameters and initializers)
 runs through the fast path; settings found with a sweep (docs/results.md).
-Expect (2026-12-02, 2-core Intel Xeon AVX-512, 29k tokens/s): validation 1.485 nats/char
-(2.14 bits/char) after 5 epochs in 173 s; a same-size nn.LSTM in the same 180 s: 1.499.
+Expect (2026-12-02, 2-core Intel Xeon AVX-512, 29-33k tokens/s): validation 1.485 nats/char
+(2.14 bits/char) after 5 epochs in 151-173 s; a same-size nn.LSTM in the same 180 s: 1.499.
 """
 
 from lstm_jax.configs import get_base_config
@@ -31,7 +31,7 @@ def get_config():
     config.learning_rate = 8e-3
     config.lr_schedule = "cosine"
     config.warmup_steps = 50
-    # The cosine should reach 0 as the 180 s run out: 5 epochs take 173 s at ~29k tokens/s (AVX-512,
+    # The cosine should reach 0 as the 180 s run out: 5 epochs take 151-173 s at 29-33k tokens/s (AVX-512,
     # docs/results.md); on a 2-core AVX2 machine (~15k tokens/s) use --config.num_epochs=3.
     config.num_epochs = 5
     config.time_budget_s = 180.0
