@@ -157,11 +157,15 @@ def load_config(config_flag) -> tuple[ml_collections.ConfigDict, str]:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM handler: the first asks training to checkpoint and stop, a second quits now."""
+    """SIGINT/SIGTERM handler: the first asks training to checkpoint and stop, a second quits now.
 
-    def __init__(self, log: Callable[[str], None]):
+    The handler only sets a flag and writes to stderr's file descriptor: it can run in the
+    middle of any Python code, an import included (importing there once failed on a
+    half-imported tqdm).
+    """
+
+    def __init__(self):
         self.signum = None
-        self._log = log
 
     def install(self) -> "StopRequest":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -173,8 +177,8 @@ class StopRequest:
             print("\nerror: interrupted again; quitting without saving", file=sys.stderr)
             os._exit(128 + signum)
         self.signum = signum
-        self._log(f"{signal.Signals(signum).name}: finishing the current step, then saving a "
-                  "checkpoint (interrupt again to quit at once)")
+        os.write(2, f"\n{signal.Signals(signum).name}: finishing the current step, then saving a "
+                 "checkpoint (interrupt again to quit at once)\n".encode())
 
     def __call__(self) -> bool:
         return self.signum is not None

@@ -75,7 +75,7 @@ def main() -> None:
         config_file = F["config"].config_filename
         overrides = [a for a in sys.argv[1:] if a.startswith("--config.") and not a.startswith("--config.sweep.")
                      and a.split("=")[0][len("--config."):] not in {k for k, _ in trials[0].values}]
-        stop = cli.StopRequest(cli.log).install()
+        stop = cli.StopRequest().install()
         try:
             if F.report:
                 summary = {**write_outputs(out, config, trials, config_file, overrides), "ran": 0, "skipped": 0,

@@ -327,7 +327,7 @@ def main() -> None:
         cli.no_arguments(argv)
         config, stem = cli.load_config(config_flag)
         workdir = flags.FLAGS.workdir or os.path.join("runs", stem)
-        stop = cli.StopRequest(cli.log).install()
+        stop = cli.StopRequest().install()
         try:
             distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
                                    flags.FLAGS.process_id,  # before anything touches a device
