@@ -15,9 +15,6 @@ import sys as _sys
 __version__ = "0.2.0"
 
 if _sys.argv[:1] == ["-m"]:  # `python -m lstm_jax.<program>`, before its imports have run
-    from lstm_jax import allocator as _allocator
-
-    _allocator.restart_with_huge_pages()  # returns where it would change nothing
 
     def _interrupted_while_starting(signum, frame):
         # Until the program installs its own handler (training: checkpoint, then stop) there is
@@ -27,3 +24,7 @@ if _sys.argv[:1] == ["-m"]:  # `python -m lstm_jax.<program>`, before its import
 
     _signal.signal(_signal.SIGINT, _interrupted_while_starting)
     _signal.signal(_signal.SIGTERM, _interrupted_while_starting)
+
+    from lstm_jax import allocator as _allocator
+
+    _allocator.restart_with_huge_pages()  # the handler above, installed again, sees a signal held across it

@@ -19,11 +19,13 @@ pages off or already on for every mapping, the tunable already set) nothing chan
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb"
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+_HELD = {signal.SIGINT, signal.SIGTERM}
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -60,9 +62,15 @@ def restart_with_huge_pages() -> None:
 
     Call it first thing in a program, before anything has been printed or started;
     where the tunable would change nothing it returns and the program goes on.
+    SIGINT and SIGTERM are held (blocked, not lost) across the exec, while the new
+    process has no handler yet, and delivered when it gets here and returns: a
+    program that installs its own handlers first sees a Ctrl-C of any moment.
     """
     env = environment_with_huge_pages(os.environ)
-    if env is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    if env is None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

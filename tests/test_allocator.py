@@ -62,3 +62,25 @@ def test_a_program_restarts_itself_with_the_tunable(tmp_path):
                   env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[1] == "glibc.malloc.hugetlb=1", out.stdout
+
+
+@pytest.mark.skipif(HUGE is None, reason="needs glibc >= 2.35 and transparent huge pages in madvise mode")
+def test_a_ctrl_c_during_the_restart_is_held_for_the_new_process():
+    # Between exec and the new process's own handler SIGINT would kill it silently (exit -2):
+    # the restart blocks it, and the new process takes it once its handler is in place.
+    program = """
+import os, signal, sys
+sys.argv = ['-m']
+real_execve = os.execve
+def execve_after_a_ctrl_c(*args):
+    os.kill(os.getpid(), signal.SIGINT)
+    print('held' if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []) else 'delivered', file=sys.stderr)
+    real_execve(*args)
+os.execve = execve_after_a_ctrl_c
+import lstm_jax
+print('not interrupted')
+"""
+    out = run_cli("-c", program, env={"GLIBC_TUNABLES": ""})
+    assert out.returncode == 130, (out.returncode, out.stderr)
+    assert out.stderr.split()[:1] == ["held"] and "interrupted while starting" in out.stderr, out.stderr
+    assert "not interrupted" not in out.stdout
