@@ -3,7 +3,7 @@
 #   1. the devices JAX sees,
 #   2. the quick test tier,
 #   3. scripts/bench.py: lstm_impl fast vs reference (scratch) and flax's cell, at d2l, big,
-#      shakespeare_small and word,
+#      shakespeare, shakespeare_small and word,
 #   4. JAX's cuDNN LSTM (jax.experimental.rnn), where it imports and runs, at the same sizes,
 #   5. the seed's two runs (experiments/scratch.py, 50 epochs; experiments/concise.py,
 #      500 epochs) and the scratch run with bfloat16 compute,
@@ -121,8 +121,8 @@ if [ "$QUICK" = 1 ]; then
   step bench 120 bench_result "$PY" scripts/bench.py --rounds 1 --warmup 1 --configs tiny \
     --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
 else
-  step bench 150 bench_result "$PY" scripts/bench.py --rounds 3 --warmup 1 \
-    --configs d2l,big,shakespeare_small,word --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
+  step bench 180 bench_result "$PY" scripts/bench.py --rounds 3 --warmup 1 \
+    --configs d2l,big,shakespeare,shakespeare_small,word --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
 fi
 
 # 4. JAX's cuDNN LSTM binding (GPU only): does it import and run, and how fast is it here?
