@@ -25,6 +25,7 @@ CHOICES = {
     "data.corpus": ("timemachine", "tinyshakespeare"),
     "data.normalize": ("d2l", "none"),
     "data.token": ("char", "word"),
+    "keep_cores_awake": ("auto", "on", "off"),
 }
 
 
@@ -71,6 +72,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.prefixes = ("time traveller", "traveller")
     c.num_preds = 50  # characters (tokens) each continuation adds
     c.batches_per_call = 64  # at most this many minibatches per compiled call
+    # Idle-priority spinners keep the CPUs from halting between XLA:CPU's thread hand-offs
+    # (lstm_jax/spinners.py); 'auto': on a CPU backend under a hypervisor without SMT.
+    c.keep_cores_awake = "auto"
 
     c.checkpoint_every = 10  # epochs between checkpoints (also saved at the end and on Ctrl-C)
     c.max_to_keep = 3  # checkpoints kept (the newest)
@@ -84,6 +88,7 @@ RESUME_SAFE = frozenset({
     "num_epochs", "time_budget_s", "log_every", "prefixes", "num_preds", "batches_per_call",
     "checkpoint_every", "max_to_keep", "overwrite", "eval_every_steps",
     "lstm_impl",  # same parameters, function and gradients either way
+    "keep_cores_awake",  # where the idle time goes, not what is computed
 })
 
 # Fields older versions wrote that no longer exist, with the value that meant

@@ -30,10 +30,11 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
+import jax
 import ml_collections
 import numpy as np
 
-from lstm_jax import checkpoint, configs, distributed, generate, reporting, steps
+from lstm_jax import checkpoint, configs, distributed, generate, reporting, spinners, steps
 from lstm_jax import workdir as workdir_lib
 from lstm_jax.errors import UserError
 from lstm_jax.experiment import Experiment, Programs, check_memory
@@ -134,7 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             pos = _resume(exp, workdir, ckpts, log)
             if pos is not None and pos.finished(c):
                 return _already_finished(exp, workdir, pos, log)
-            return _train(exp, workdir, ckpts, best, pos, log, progress, should_stop)
+            with spinners.keep_cores_awake(spinners.wanted(c.keep_cores_awake, jax.default_backend()), log):
+                return _train(exp, workdir, ckpts, best, pos, log, progress, should_stop)
         finally:
             ckpts.close()
             best.close()

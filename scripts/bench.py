@@ -27,7 +27,13 @@ Implementations (``--impls``; the torch ones only when torch is importable, ``pi
 forward's: the input and weight gradients), the one-hot input counted as the
 row lookup it is (0 FLOPs); ``matmul_peak_gflops``: the faster of a 2048 x 2048
 float32 product through XLA and through PyTorch (``matmul_gflops`` has both),
-measured in the same run, so ``fraction_of_peak`` compares with the machine. ``first_step_s``: for JAX, compiling plus the first minibatch on the
+measured in the same run, so ``fraction_of_peak`` compares with the machine.
+``steal_percent_median``: of the CPU time in an implementation's rounds, the
+share the hypervisor of a virtual machine kept its CPUs waiting (/proc/stat).
+Each implementation runs as its users run it: lstm_jax's turns with the
+idle-priority spinners its training CLI starts where ``--keep-cores-awake
+auto`` finds a hypervisor without SMT (``lstm_jax/spinners.py``), PyTorch's
+without them (its OpenMP threads spin by themselves). ``first_step_s``: for JAX, compiling plus the first minibatch on the
 host; for torch, the first minibatch.
 """
 
@@ -44,7 +50,7 @@ import time
 
 import numpy as np
 
-from lstm_jax import allocator
+from lstm_jax import allocator, spinners
 
 # name: batch, steps, hidden, layers, training tokens (0: all), corpus, tokens, normalize, embedding
 CONFIGS = {
@@ -206,7 +212,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
     if torch_available():
         import torch
 
-        t = torch.from_numpy(np.asarray(a))
+        t = torch.from_numpy(np.array(a))
         products["torch"] = lambda: torch.mm(t, t)
     times = {name: [] for name in products}
     for r in range(repeats + 1):
@@ -241,8 +247,25 @@ def machine_info() -> dict:
     return info
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, steal) CPU ticks so far, from /proc/stat; (0, 0) where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[7]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Of the CPU time between two ``cpu_ticks()``, the share a hypervisor gave to others while this
+    machine's CPUs wanted to run: a round with much of it was slowed by the host, not by the code."""
+    total = after[0] - before[0]
+    return 100.0 * (after[1] - before[1]) / total if total > 0 else 0.0
+
+
 def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_seconds: float, peak: float,
-                 log) -> list[dict]:
+                 awake: bool, log) -> list[dict]:
     runners = {}
     for impl in impls:
         log(f"[{name}] setting up {impl} ...")
@@ -251,12 +274,17 @@ def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_se
     batch_s = max(r.run(1)[1] for r in runners.values())
     per_round = max(1, round(round_seconds / batch_s))
     speeds = {impl: [] for impl in impls}
+    steal = {impl: [] for impl in impls}
     load = []
     for r in range(warmup + rounds):
         for impl, runner in runners.items():
-            tokens, seconds = runner.run(per_round)
+            # lstm_jax's turns with the spinners its training CLI starts, PyTorch's as PyTorch runs.
+            with spinners.keep_cores_awake(awake and impl in JAX_IMPLS):
+                before = cpu_ticks()
+                tokens, seconds = runner.run(per_round)
             if r >= warmup:
                 speeds[impl].append(tokens / seconds)
+                steal[impl].append(steal_percent(before, cpu_ticks()))
         if r >= warmup:
             load.append(os.getloadavg()[0])
             log(f"[{name}] round {r - warmup + 1}/{rounds}: " +
@@ -271,6 +299,7 @@ def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_se
             "impl": impl, "config": name, **CONFIGS[name],
             "tokens_per_sec_median": median, "tokens_per_sec_min": float(s.min()),
             "tokens_per_sec_max": float(s.max()), "tokens_per_sec_rounds": [float(x) for x in s],
+            "steal_percent_median": float(np.median(steal[impl])),
             "first_step_s": runners[impl].first_step_s, "compile_s": runners[impl].compile_s,
             "batches_per_round": per_round, "load_average": float(np.median(load)),
             "flops_per_token": flops, "matmul_peak_gflops": peak,
@@ -284,13 +313,13 @@ def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_se
 
 
 def format_table(results: list[dict]) -> str:
-    head = ("config", "impl", "tokens/s median", "min", "max", "vs torch", "of peak", "first step s")
+    head = ("config", "impl", "tokens/s median", "min", "max", "vs torch", "of peak", "steal", "first step s")
     rows = [head]
     for r in results:
         vs = f"{r['vs_torch']:.2f}" if "vs_torch" in r else "-"
         rows.append((r["config"], r["impl"], f"{r['tokens_per_sec_median']:,.0f}", f"{r['tokens_per_sec_min']:,.0f}",
                      f"{r['tokens_per_sec_max']:,.0f}", vs, f"{100 * r['fraction_of_peak']:.0f}%",
-                     f"{r['first_step_s']:.2f}"))
+                     f"{r['steal_percent_median']:.0f}%", f"{r['first_step_s']:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
@@ -333,6 +362,9 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     parser.add_argument("--hiddens", default=None, help="comma-separated hidden sizes: each config at each of them")
     parser.add_argument("--plot", default=None, help="with --hiddens: a PNG of tokens/s against hidden size")
+    parser.add_argument("--keep-cores-awake", choices=("auto", "on", "off"), default="auto",
+                        help="idle-priority spinners during the JAX implementations' rounds, as the training "
+                        "CLI's config.keep_cores_awake (auto: under a hypervisor without SMT); never for torch")
     parser.add_argument("--small-pages", action="store_true",
                         help="do not restart with malloc's huge pages (lstm_jax.allocator, as the training "
                         "CLI does); for an A/B, in separate runs")
@@ -363,21 +395,23 @@ def main(argv=None):
             parser.error(f"{impl} needs PyTorch: pip install -e '.[dev]'")
     log = functools.partial(print, file=sys.stderr, flush=True)
     info = machine_info()
+    awake = spinners.wanted(args.keep_cores_awake, info["platform"])
     products = matmul_gflops()
     peak = max(products.values())
     log(f"{info['cpu']} ({info.get('cpu_flags', '')}), {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"
         + (f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else "")
         + "; 2048^2 float32 product: " + ", ".join(f"{k} {v:.0f}" for k, v in products.items())
-        + f" GFLOP/s; malloc huge pages: {huge}")
+        + f" GFLOP/s; malloc huge pages: {huge}; spinners: {awake}")
     results = []
     for name in configs:
-        results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, log)
+        results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, awake, log)
     print(format_table(results))
     if args.plot:
         plot_hidden_sizes(results, info, peak, args.plot)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            machine = {**info, "matmul_peak_gflops": peak, "matmul_gflops": products, "malloc_huge_pages": huge}
+            machine = {**info, "matmul_peak_gflops": peak, "matmul_gflops": products, "malloc_huge_pages": huge,
+                       "keep_cores_awake": awake}
             json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)
     return results
 

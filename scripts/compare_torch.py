@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+import bench  # scripts/bench.py
 from lstm_jax import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,13 +159,15 @@ def main() -> None:
     results = {}
     for name in args.order.split(","):
         log(f"=== {name}: {args.budget:.0f} s of training")
+        before = bench.cpu_ticks()
         results[name] = (train_torch if name == "torch" else train_jax)(config, args.budget, log)
+        results[name]["steal_percent"] = bench.steal_percent(before, bench.cpu_ticks())
     c = config
     print(f"{c.num_layers} x {c.num_hiddens} LSTM, batch {c.batch_size} x {c.num_steps}, {c.optimizer} lr "
           f"{c.learning_rate}, {args.budget:.0f} s of training each, validation split of {c.data.corpus}:")
     for name, r in results.items():
         print(f"  {name:>5}: {r['val_loss']:.4f} nats/char ({r['val_bpc']:.4f} bits), {r['tokens_per_sec']:,.0f} "
-              f"tokens/s, {r['steps']} steps")
+              f"tokens/s, {r['steps']} steps; the hypervisor's steal {r['steal_percent']:.0f}%")
 
 
 if __name__ == "__main__":
