@@ -10,6 +10,9 @@ in full (nats/char). The concise model (flax's parameters and initializers)
 runs through the fast path; settings found with a sweep (docs/results.md).
 Expect (2026-12-02, 2-core Intel Xeon AVX-512, 29-33k tokens/s): validation 1.485 nats/char
 (2.14 bits/char) after 5 epochs in 151-173 s; a same-size nn.LSTM in the same 180 s: 1.499.
+On a slower machine set num_epochs so that the cosine ends with the 180 s: an epoch is 490
+updates of 2,048 tokens, so num_epochs = tokens/s x 180 / 1,003,520, rounded (2026-12-03, a
+2-core Ice Lake Xeon at 21k tokens/s: --config.num_epochs=4 gave 1.491 in 181 s).
 """
 
 from lstm_jax.configs import get_base_config
@@ -32,7 +35,7 @@ def get_config():
     config.lr_schedule = "cosine"
     config.warmup_steps = 50
     # The cosine should reach 0 as the 180 s run out: 5 epochs take 151-173 s at 29-33k tokens/s (AVX-512,
-    # docs/results.md); on a 2-core AVX2 machine (~15k tokens/s) use --config.num_epochs=3.
+    # docs/results.md); ~21k tokens/s: --config.num_epochs=4; ~15k (a 2-core AVX2 machine): 3.
     config.num_epochs = 5
     config.time_budget_s = 180.0
     config.eval_every_steps = 200

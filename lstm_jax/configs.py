@@ -25,7 +25,6 @@ CHOICES = {
     "data.corpus": ("timemachine", "tinyshakespeare"),
     "data.normalize": ("d2l", "none"),
     "data.token": ("char", "word"),
-    "keep_cores_awake": ("auto", "on", "off"),
 }
 
 
@@ -72,9 +71,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.prefixes = ("time traveller", "traveller")
     c.num_preds = 50  # characters (tokens) each continuation adds
     c.batches_per_call = 64  # at most this many minibatches per compiled call
-    # Idle-priority spinners keep the CPUs from halting between XLA:CPU's thread hand-offs
-    # (lstm_jax/spinners.py); 'auto': on a CPU backend under a hypervisor without SMT.
-    c.keep_cores_awake = "auto"
+    # True: idle-priority spinners keep the CPUs from halting between XLA:CPU's thread
+    # hand-offs (lstm_jax/spinners.py: faster on a busy VM's host, a little slower on an idle one).
+    c.keep_cores_awake = False
 
     c.checkpoint_every = 10  # epochs between checkpoints (also saved at the end and on Ctrl-C)
     c.max_to_keep = 3  # checkpoints kept (the newest)

@@ -3,17 +3,18 @@
 XLA:CPU hands work between its threads many times per time step (each step's
 product, its elementwise work, each loop iteration's end). A thread that waits
 sleeps, and on a KVM guest a CPU with nothing to run halts: waking it again
-goes through the host's scheduler, which the guest counts as steal time.
-PyTorch's OpenMP threads spin while they wait and do not pay this. A spinner
-at ``SCHED_IDLE`` priority, which yields at once to any other thread, keeps
-each CPU from halting; it only uses time the CPU would spend halted.
-docs/performance.md has the steal times and the A/B.
+goes through the host's scheduler, and when the host is busy the guest counts
+the wait as steal time. PyTorch's OpenMP threads spin while they wait instead.
+A spinner at ``SCHED_IDLE`` priority, which yields at once to any other thread,
+keeps each CPU from halting, at the price of a context switch at each wake-up.
 
-On a machine with simultaneous multithreading a spinning hyperthread would
-slow its busy sibling, so ``"auto"`` turns spinners on only where they were
-measured to help: under a hypervisor whose CPUs have one thread per core.
-They die with the process that started them (``PR_SET_PDEATHSIG``), also
-when it is killed.
+So it is a trade, opt-in (``config.keep_cores_awake``): on a KVM guest it
+gains while the host is busy and loses a little while the host is idle, and it
+slows PyTorch in the same process (docs/performance.md has the A/B;
+``scripts/bench_spinners.py`` measures it on yours). Not for machines with
+simultaneous multithreading, where a spinning hyperthread slows its sibling.
+Spinners die with the process that started them (``PR_SET_PDEATHSIG``), also
+when it is killed, and ignore a terminal's Ctrl-C, which is for the program.
 """
 
 from __future__ import annotations
@@ -31,36 +32,6 @@ def _cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
-def under_hypervisor(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            return any(line.startswith("flags") and "hypervisor" in line.split() for line in f)
-    except OSError:
-        return False
-
-
-def one_thread_per_core(cpus: list[int], sysfs: str = "/sys/devices/system/cpu") -> bool:
-    """True when no CPU shares its core with another (no SMT); False when unknown."""
-    try:
-        for cpu in cpus:
-            with open(f"{sysfs}/cpu{cpu}/topology/thread_siblings_list", encoding="utf-8") as f:
-                if f.read().strip() != str(cpu):
-                    return False
-    except OSError:
-        return False
-    return bool(cpus)
-
-
-def wanted(setting: str, backend: str, cpus: list[int] | None = None, cpuinfo: str = "/proc/cpuinfo",
-           sysfs: str = "/sys/devices/system/cpu") -> bool:
-    """Whether ``keep_cores_awake`` (``'auto'``, ``'on'`` or ``'off'``) means spinners here."""
-    if setting != "auto":
-        return setting == "on"
-    cpus = _cpus() if cpus is None else cpus
-    return (backend == "cpu" and len(cpus) > 1 and under_hypervisor(cpuinfo)
-            and one_thread_per_core(cpus, sysfs))
-
-
 @contextlib.contextmanager
 def keep_cores_awake(enabled: bool, log: Callable[[str], None] = lambda message: None) -> Iterator[int]:
     """Run one idle-priority spinner per CPU of this process while the block runs; yields their number."""
@@ -75,7 +46,7 @@ def keep_cores_awake(enabled: bool, log: Callable[[str], None] = lambda message:
             # scheduling group with a fair share of the CPUs, whatever its tasks' priority.
         if procs:
             log(f"keeping {len(procs)} CPUs awake with idle-priority spinners while training "
-                "(--config.keep_cores_awake=off: without them)")
+                "(config.keep_cores_awake)")
         yield len(procs)
     finally:
         for p in procs:

@@ -135,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             pos = _resume(exp, workdir, ckpts, log)
             if pos is not None and pos.finished(c):
                 return _already_finished(exp, workdir, pos, log)
-            with spinners.keep_cores_awake(spinners.wanted(c.keep_cores_awake, jax.default_backend()), log):
+            with spinners.keep_cores_awake(c.keep_cores_awake and jax.default_backend() == "cpu", log):
                 return _train(exp, workdir, ckpts, best, pos, log, progress, should_stop)
         finally:
             ckpts.close()

@@ -30,10 +30,9 @@ float32 product through XLA and through PyTorch (``matmul_gflops`` has both),
 measured in the same run, so ``fraction_of_peak`` compares with the machine.
 ``steal_percent_median``: of the CPU time in an implementation's rounds, the
 share the hypervisor of a virtual machine kept its CPUs waiting (/proc/stat).
-Each implementation runs as its users run it: lstm_jax's turns with the
-idle-priority spinners its training CLI starts where ``--keep-cores-awake
-auto`` finds a hypervisor without SMT (``lstm_jax/spinners.py``), PyTorch's
-without them (its OpenMP threads spin by themselves). ``first_step_s``: for JAX, compiling plus the first minibatch on the
+With ``--keep-cores-awake``, lstm_jax's rounds run with the idle-priority
+spinners of ``config.keep_cores_awake`` (``lstm_jax/spinners.py``), PyTorch's
+without them, as its users run it (its OpenMP threads spin by themselves). ``first_step_s``: for JAX, compiling plus the first minibatch on the
 host; for torch, the first minibatch.
 """
 
@@ -362,9 +361,9 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     parser.add_argument("--hiddens", default=None, help="comma-separated hidden sizes: each config at each of them")
     parser.add_argument("--plot", default=None, help="with --hiddens: a PNG of tokens/s against hidden size")
-    parser.add_argument("--keep-cores-awake", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--keep-cores-awake", action="store_true",
                         help="idle-priority spinners during the JAX implementations' rounds, as the training "
-                        "CLI's config.keep_cores_awake (auto: under a hypervisor without SMT); never for torch")
+                        "CLI's config.keep_cores_awake=True (never for torch)")
     parser.add_argument("--small-pages", action="store_true",
                         help="do not restart with malloc's huge pages (lstm_jax.allocator, as the training "
                         "CLI does); for an A/B, in separate runs")
@@ -395,7 +394,7 @@ def main(argv=None):
             parser.error(f"{impl} needs PyTorch: pip install -e '.[dev]'")
     log = functools.partial(print, file=sys.stderr, flush=True)
     info = machine_info()
-    awake = spinners.wanted(args.keep_cores_awake, info["platform"])
+    awake = args.keep_cores_awake and info["platform"] == "cpu"
     products = matmul_gflops()
     peak = max(products.values())
     log(f"{info['cpu']} ({info.get('cpu_flags', '')}), {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"

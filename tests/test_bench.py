@@ -44,3 +44,15 @@ def test_bench_hidden_sizes_plot(tmp_path):
 def test_bench_rejects_bad_hiddens():
     out = run_cli("scripts/bench.py", "--configs", "tiny", "--hiddens", "big")
     assert out.returncode == 2 and "--hiddens takes integers" in out.stderr
+
+
+@pytest.mark.slow
+def test_bench_spinners_smoke():
+    out = run_cli("scripts/bench_spinners.py", "--configs", "tiny", "--impls", "scratch,torch", "--rounds", "1",
+                  "--round-seconds", "0.01")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny |")]
+    assert [row.split(" | ")[1] for row in rows] == ["scratch", "torch"]
+    for row in rows:
+        off, on, ratio = (float(cell.replace(",", "")) for cell in row.split(" | ")[2:5])
+        assert off > 0 and on > 0 and ratio > 0
