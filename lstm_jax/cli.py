@@ -42,7 +42,13 @@ def run(main: Callable[[list[str]], None], doc: str) -> None:
 
     def program(argv):
         setup()
-        main(argv)
+        try:
+            main(argv)
+        finally:
+            # Everything is written; what is left is exiting. The interpreter's shutdown puts
+            # SIGINT back to its default action, so a Ctrl-C there (up to half a second with
+            # JAX's threads to stop) killed the process with no message and exit -2.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     app.run(program, flags_parser=parse_flags)
 

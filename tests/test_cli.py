@@ -77,3 +77,25 @@ def test_unwritable_workdir_is_refused_before_compiling(tmp_path, workdir, expec
     out = run_cli("-m", "lstm_jax.train", *TINY_CLI, f"--workdir={workdir}")
     assert expected in one_error_line(out)
     assert "compiled" not in out.stdout
+
+
+def test_ctrl_c_while_exiting_is_ignored(tmp_path):
+    """All is written once a program only exits; a Ctrl-C then used to kill it silently (exit -2)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    args = [sys.executable, "-m", "lstm_jax.train", *TINY_CLI, "--workdir", str(tmp_path), "--config.num_epochs=1"]
+    assert run_cli(*args[1:]).returncode == 0
+    for delay in (0.05, 0.2):
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:  # the finished run says so, then exits
+            if "already trained" in line:
+                break
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, (delay, proc.returncode, rest[-2000:])
