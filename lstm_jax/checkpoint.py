@@ -18,14 +18,21 @@ key is the seed's folded with the step, so position and step are the whole
 iterator and PRNG state. Orbax writes each checkpoint to a temporary directory
 and renames it only when complete, so a crash during a save leaves the
 previous checkpoint as the latest loadable one.
+
+A workdir is written by one process at a time: :class:`Lock` holds an
+advisory ``fcntl.flock`` on ``<dir>/.lock`` for the whole run; the kernel
+releases it however the process dies, so a kill -9 never leaves a stale lock.
+Readers (``predict``, ``evaluate``) take no lock.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from typing import Any, NamedTuple
 
@@ -34,7 +41,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lstm_jax import configs, models, workdir as workdir_lib
+from lstm_jax import configs, models
 from lstm_jax.data import Vocab
 from lstm_jax.errors import UserError
 
@@ -208,11 +215,86 @@ def restore_latest_readable(ckpts: Checkpoints, abstract_arrays=None, warn=None,
     raise UserError(f"{problems[0][1]}{more}; no readable checkpoint is left in {ckpts.directory}")
 
 
+# What a training run writes into its workdir besides checkpoints: results (a fresh
+# run saves checkpoint 0 before the first of these) and what it writes at its start.
+RESULTS = ("metrics.jsonl", "summary.json", "perplexity.png")
+OUTPUTS = RESULTS + ("config.json", "vocab.json")
+CHECKPOINTS, BEST = "checkpoints", "best"
+
+
+class Lock:
+    """An exclusive lock on a directory, refused at once (naming the holder) when taken."""
+
+    def __init__(self, directory: str, name: str = ".lock", what: str = "a training run"):
+        self.path = os.path.join(directory, name)
+        self.directory, self.what = directory, what
+        self._fd = None
+
+    def __enter__(self) -> "Lock":
+        ensure_writable(self.directory)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise UserError(f"cannot lock {self.path}: {e.strerror}") from None
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{self.directory} is in use by another process (PID {holder}, "
+                            f"{self.what}); wait for it to finish, stop it, or use another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock; the file stays (removing it would race)
+            self._fd = None
+
+
+def ensure_writable(directory: str) -> None:
+    """Create ``directory`` and prove a file can be written there, or say why not in one line."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{directory} exists and is not a directory; choose another --workdir")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        raise UserError(f"cannot write to {directory} ({reason}); choose another --workdir") from None
+
+
+def check_outputs_have_checkpoints(directory: str) -> None:
+    """A workdir that holds a run's outputs but no checkpoint is refused, never silently wiped."""
+    ckpt = os.path.join(directory, CHECKPOINTS)
+    has_ckpt = os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))
+    if has_ckpt:
+        return
+    found = [name for name in RESULTS if os.path.exists(os.path.join(directory, name))]
+    if found:
+        raise UserError(f"{directory} has {found[0]} but no checkpoint to resume from; use "
+                        "--config.overwrite=True to start over or another --workdir")
+
+
+def clear(directory: str) -> None:
+    """Remove a run's outputs and checkpoints (``--config.overwrite=True``); the lock stays."""
+    for name in (CHECKPOINTS, BEST):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    for name in OUTPUTS:
+        try:
+            os.remove(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+
+
 class Loaded(NamedTuple):
     model: models.LanguageModel
     params: Any
     vocab: Vocab
-    config: ml_collections.ConfigDict
+    config: ml_collections.ConfigDict  # in today's format (configs.upgrade)
     step: int
 
 
@@ -221,9 +303,9 @@ def load_model(directory: str, step: int | None = None, best: bool = False, warn
 
     ``best``: the best-validation checkpoint (``<workdir>/best``) if the run has one.
     """
-    where = os.path.join(directory, workdir_lib.BEST if best else workdir_lib.CHECKPOINTS)
+    where = os.path.join(directory, BEST if best else CHECKPOINTS)
     if best and not os.path.isdir(where):
-        where = os.path.join(directory, workdir_lib.CHECKPOINTS)
+        where = os.path.join(directory, CHECKPOINTS)
     hint = f"train first with python -m lstm_jax.train --config ... --workdir {directory}"
     if not os.path.isdir(where):
         raise UserError(f"no checkpoints in {where}: {hint}")
@@ -241,15 +323,12 @@ def load_model(directory: str, step: int | None = None, best: bool = False, warn
     finally:
         ckpts.close()
     try:
-        saved = restored.config
-        c = {**configs.as_dict(configs.get_base_config()), **saved}  # newer fields: their defaults
-        impl = c["lstm_impl"] if c["lstm_impl"] in configs.CHOICES["lstm_impl"] else None
-        model = models.make_model(c["model"], len(restored.vocab), c["num_hiddens"], c["dtype"], impl,
-                                  c["num_layers"], c["embed_dim"], float(c["dropout"]))
+        config = ml_collections.ConfigDict(configs.upgrade(restored.config))
+        model = models.from_config(config, len(restored.vocab))
         train_state = restored.arrays["train_state"]
         params = train_state["params"] if isinstance(train_state, dict) else train_state[1]
         params = jax.tree.map(np.asarray, params)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint {ckpts.where(restored.step)} has an unusable config ({e}); "
                         "was it written by another version of lstm_jax?") from None
-    return Loaded(model, params, restored.vocab, ml_collections.ConfigDict(saved), restored.step)
+    return Loaded(model, params, restored.vocab, config, restored.step)

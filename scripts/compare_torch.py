@@ -10,13 +10,12 @@ rate schedule, clipping and minibatches (d2l's sequential partitioning, the
 state carried), for ``--budget`` seconds of training each (compile and
 evaluation excluded), one after the other in this process, and both are scored
 the same way: every token of the validation split, in ``batch_size`` streams
-whose state carries through the split. torch is a test extra:
-``pip install -e '.[dev]'``.
+whose state carries through the split. The PyTorch model is ``scripts/torch_lm.py``'s.
+torch is a test extra: ``pip install -e '.[dev]'``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -24,57 +23,32 @@ import tempfile
 import time
 
 import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 import bench  # scripts/bench.py
-from lstm_jax import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ORDERS = ("torch", "jax")
 
-
-def load(path: str, overrides: list[str]):
-    """A config file with ``--config.a.b=value`` overrides, as the training CLI reads them."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compared_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for item in overrides:
-        key, value = item[len("--config."):].split("=", 1)
-        *parents, leaf = key.split(".")
-        section = config
-        for p in parents:
-            section = section[p]
-        current = section[leaf]
-        section[leaf] = type(current)(value) if not isinstance(current, bool) else value == "True"
-    return config
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(REPO, "experiments", "shakespeare.py"),
+    "Config file (experiments/*.py); override fields with --config.<field>=<value> (for both).")
+_BUDGET = flags.DEFINE_float("budget", 180.0, "Training seconds for each.")
+_ORDER = flags.DEFINE_list("order", list(ORDERS), "Which trains first.")
 
 
 def train_torch(config, budget_s: float, log) -> dict:
-    """PyTorch's nn.LSTM (+ nn.Embedding, nn.Dropout, nn.Linear), trained like lstm_jax trains."""
+    """scripts/torch_lm.py's model, trained like lstm_jax trains."""
     import torch
 
     from lstm_jax.experiment import Experiment
+    from torch_lm import TorchLM  # scripts/torch_lm.py
 
     torch.manual_seed(config.seed)
     exp = Experiment.from_config(config)
     c, V = exp.config, len(exp.corpus.vocab)
-    H, L, E, p = c.num_hiddens, c.num_layers, c.embed_dim, c.dropout
-
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = torch.nn.Embedding(V, E) if E else None
-            self.drop = torch.nn.Dropout(p)
-            self.lstm = torch.nn.LSTM(E or V, H, num_layers=L, dropout=p if L > 1 else 0.0)
-            self.head = torch.nn.Linear(H, V)
-
-        def forward(self, x_TxB, state):
-            x = self.drop(self.embed(x_TxB)) if E else torch.nn.functional.one_hot(x_TxB, V).float()
-            out, state = self.lstm(x, state)
-            return self.head(self.drop(out)), state
-
-    model = Model()
+    model = TorchLM(V, c.num_hiddens, c.num_layers, c.embed_dim, c.dropout)
     total = c.num_epochs * exp.batches_per_epoch
     opt = {"sgd": lambda: torch.optim.SGD(model.parameters(), lr=c.learning_rate),
            "adam": lambda: torch.optim.Adam(model.parameters(), lr=c.learning_rate),
@@ -136,40 +110,36 @@ def train_jax(config, budget_s: float, log) -> dict:
     c.time_budget_s, c.eval_every_steps = budget_s, 0
     with tempfile.TemporaryDirectory() as workdir:
         s = train.train_and_evaluate(c, workdir, log=log, progress=False)
-        from lstm_jax.reporting import read_metrics
+        from lstm_jax.metrics import read_metrics
 
         last = read_metrics(os.path.join(workdir, "metrics.jsonl"))[-1]
     return {"val_loss": last["val_loss"], "val_bpc": last["val_bpc"], "tokens_per_sec": s["tokens_per_sec_median"],
             "steps": s["steps"], "train_s": s["train_s"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=os.path.join(REPO, "experiments", "shakespeare.py"))
-    parser.add_argument("--budget", type=float, default=180.0, help="training seconds for each")
-    parser.add_argument("--order", default="torch,jax", help="which trains first")
-    args, overrides = parser.parse_known_args()
-    bad = [o for o in overrides if not o.startswith("--config.") or "=" not in o]
-    if bad:
-        parser.error(f"unknown arguments {bad}; overrides look like --config.<field>=<value>")
-    config = load(args.config, overrides)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.<field>=<value>")
+    if unknown := [name for name in _ORDER.value if name not in ORDERS]:
+        raise app.UsageError(f"--order: unknown {unknown}; choose from {ORDERS}")
+    logging.set_verbosity(logging.ERROR)  # JAX's backend probing
+    config, budget = _CONFIG.value, _BUDGET.value
     if config.data.val_fraction <= 0:
-        parser.error("the config needs a validation split (config.data.val_fraction > 0)")
+        raise app.UsageError("the config needs a validation split (config.data.val_fraction > 0)")
     log = lambda m: print(m, file=sys.stderr, flush=True)
     results = {}
-    for name in args.order.split(","):
-        log(f"=== {name}: {args.budget:.0f} s of training")
+    for name in _ORDER.value:
+        log(f"=== {name}: {budget:.0f} s of training")
         before = bench.cpu_ticks()
-        results[name] = (train_torch if name == "torch" else train_jax)(config, args.budget, log)
+        results[name] = (train_torch if name == "torch" else train_jax)(config, budget, log)
         results[name]["steal_percent"] = bench.steal_percent(before, bench.cpu_ticks())
     c = config
     print(f"{c.num_layers} x {c.num_hiddens} LSTM, batch {c.batch_size} x {c.num_steps}, {c.optimizer} lr "
-          f"{c.learning_rate}, {args.budget:.0f} s of training each, validation split of {c.data.corpus}:")
+          f"{c.learning_rate}, {budget:.0f} s of training each, validation split of {c.data.corpus}:")
     for name, r in results.items():
         print(f"  {name:>5}: {r['val_loss']:.4f} nats/char ({r['val_bpc']:.4f} bits), {r['tokens_per_sec']:,.0f} "
               f"tokens/s, {r['steps']} steps; the hypervisor's steal {r['steal_percent']:.0f}%")
 
 
 if __name__ == "__main__":
-    allocator.restart_with_huge_pages()  # for both, as the training CLI does
-    main()
+    app.run(main)

@@ -35,7 +35,7 @@ def timed(fn, *args, repeats=5) -> float:
 
 def ours(impl: str, B, T, H, L, D):
     from lstm_jax import models
-    from lstm_jax.lstm import LSTMState
+    from lstm_jax.cells.lstm import LSTMState
 
     model = models.make_model("scratch", D, H, impl=impl, num_layers=L, embed_dim=D)
     params = model.init(jax.random.key(0))

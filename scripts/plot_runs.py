@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 
-from lstm_jax.reporting import _pyplot, read_metrics
+from lstm_jax.metrics import _pyplot, read_metrics
 
 
 def main() -> None:

@@ -17,6 +17,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The corpora are downloaded, never committed: use the read-only copy beside the checkout when
+# there is one (CI exports it too), so the tests need no network.
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+if os.path.isdir(SHARED_DATA):
+    os.environ.setdefault("LSTM_JAX_DATA", SHARED_DATA)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

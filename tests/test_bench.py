@@ -47,12 +47,11 @@ def test_bench_rejects_bad_hiddens():
 
 
 @pytest.mark.slow
-def test_bench_spinners_smoke():
-    out = run_cli("scripts/bench_spinners.py", "--configs", "tiny", "--impls", "scratch,torch", "--rounds", "1",
-                  "--round-seconds", "0.01")
+def test_bench_huge_pages_ab_smoke(tmp_path):
+    # Child processes with and without malloc's huge pages, taking turns; the ratio per implementation.
+    out = run_cli("scripts/bench.py", "--configs", "tiny", "--impls", "scratch,torch", "--rounds", "1", "--warmup", "0",
+                  "--round-seconds", "0.01", "--huge-pages", "ab", "--ab-runs", "1", "--json", str(tmp_path / "ab.json"))
     assert out.returncode == 0, out.stderr
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny |")]
-    assert [row.split(" | ")[1] for row in rows] == ["scratch", "torch"]
-    for row in rows:
-        off, on, ratio = (float(cell.replace(",", "")) for cell in row.split(" | ")[2:5])
-        assert off > 0 and on > 0 and ratio > 0
+    results = json.loads((tmp_path / "ab.json").read_text())["results"]
+    assert sorted(r["impl"] for r in results) == ["scratch", "torch"]
+    assert all(r["on_over_off"] > 0 for r in results)

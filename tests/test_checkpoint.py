@@ -10,12 +10,13 @@ import sys
 import textwrap
 
 import jax
+import ml_collections
 import pytest
 
 from conftest import REPO, TINY_CLI, assert_same_params, one_error_line, quiet, run_cli
 from lstm_jax import checkpoint, configs, experiment, train
 from lstm_jax.errors import UserError
-from lstm_jax.reporting import read_metrics
+from lstm_jax.metrics import read_metrics
 
 COMPARED = ("epoch", "step", "train_loss", "grad_norm", "val_loss", "val_ppl")
 DATA = os.path.join(REPO, "tests", "data")
@@ -157,20 +158,35 @@ def test_a_full_disk_during_a_save_loses_nothing(tiny_config, tmp_path, monkeypa
 
 
 def old_workdir(name, tmp_path):
-    """A copy of a workdir written by lstm_jax 0.1.0 (one layer, (B, H) state, data.num_val) and its config."""
+    """A copy of a workdir written by an older lstm_jax, and its config as today's code reads it:
+    0.1.0 (one layer, (B, H) state, data.num_val, lstm_impl 'auto'), 0.2.0 (keep_cores_awake)."""
     shutil.copytree(os.path.join(DATA, name), tmp_path / name)
     with open(tmp_path / name / "config.json") as f:
-        saved = json.load(f)
-    config = configs.get_base_config()
-    for key, value in saved.items():
-        if key == "data":
-            for k, v in value.items():
-                if k != "num_val":
-                    config.data[k] = v
-        elif key != "lstm_impl":
-            config[key] = tuple(value) if isinstance(value, list) else value
-    config.lstm_impl = saved["lstm_impl"]
-    return tmp_path / name, config
+        return tmp_path / name, ml_collections.ConfigDict(configs.upgrade(json.load(f)))
+
+
+def test_upgrade_fills_in_new_fields_and_drops_retired_ones():
+    saved = {"model": "scratch", "lstm_impl": "auto", "keep_cores_awake": True, "data": {"num_val": 0}}
+    c = configs.upgrade(saved)
+    assert "keep_cores_awake" not in c and "num_val" not in c["data"] and c["lstm_impl"] is None
+    assert c["num_layers"] == 1 and c["data"]["corpus"] == "timemachine"  # today's defaults
+    assert configs.differences(saved, configs.get_base_config()) == []
+    # a retired field with a value that meant something else is kept, and named
+    assert configs.differences({"data": {"num_val": 500}}, configs.get_base_config()) == ["data.num_val (500 -> None)"]
+
+
+@pytest.mark.slow
+def test_workdirs_of_version_0_2_resume(tmp_path):
+    # Stopped by lstm_jax 0.2.0 mid-epoch (2 layers, dropout, a validation split, keep_cores_awake in
+    # its config); resumed here, it ends where 0.2.0's uninterrupted run ended.
+    workdir, config = old_workdir("v0.2-scratch", tmp_path)
+    with open(os.path.join(DATA, "v0.2-scratch-uninterrupted.json")) as f:
+        reference = json.load(f)
+    summary = train.train_and_evaluate(config, str(workdir), **quiet)
+    assert summary["final_train_ppl"] == pytest.approx(reference["final_train_ppl"], rel=1e-6)
+    assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], rel=1e-6)
+    assert [r["step"] for r in read_metrics(str(workdir / "metrics.jsonl"))] == \
+        [r["step"] for r in reference["metrics"]]
 
 
 @pytest.mark.slow

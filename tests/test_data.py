@@ -13,10 +13,45 @@ from lstm_jax import data
 from lstm_jax.errors import UserError
 
 
+UNREACHABLE = "http://127.0.0.1:9/x"  # the discard port: nothing listens, the connection is refused
+
+
 def write(tmp_path, text, name="c.txt"):
     p = tmp_path / name
+    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text, encoding="utf-8")
     return str(p)
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if not self.path.endswith(".cut"):
+            return super().do_GET()
+        self.send_response(200)  # an interrupted download: the connection closes early
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"the first bytes")
+        self.close_connection = True
+
+
+@pytest.fixture
+def www(tmp_path):
+    """A local HTTP server for the files in tmp_path/www: that folder and its URL."""
+    served = tmp_path / "www"
+    served.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def fake_corpus(monkeypatch, url, sha1):
+    """A built-in corpus "fake": one file, sub/fake.txt in the data directory."""
+    monkeypatch.setitem(data.CORPORA, "fake", {"train": data.CorpusFile("sub/fake.txt", sha1, url)})
 
 
 def d2l_tokens(path, token):
@@ -29,7 +64,7 @@ def d2l_tokens(path, token):
 @pytest.mark.parametrize("token", ["char", "word"])
 def test_vectorized_loading_is_d2l_token_for_token(token):
     # The book's own preprocessing, on the whole book: same vocabulary order, same ids.
-    path = data.builtin_corpus_path()
+    path = data.corpus_path("timemachine")
     tokens = d2l_tokens(path, token)
     vocab = data.Vocab.build(tokens, token=token)
     corpus = data.load_corpus(path, token, max_tokens=-1)
@@ -63,7 +98,8 @@ def test_raw_text_keeps_every_character(tmp_path):
 
 
 def test_tiny_shakespeare_is_nanogpts_split():
-    path = data.resolve_corpus("tinyshakespeare", None, None, None, "/nonexistent")
+    path = data.resolve_corpus("tinyshakespeare", None, None, None, None)
+    assert path == os.path.join(data.data_dir(), "tinyshakespeare.txt")
     assert data.sha1_of(path) == "04486597058d11dcc2c556b1d0433891eb639d2e"
     c = data.load_corpus(path, "char", max_tokens=0, val_fraction=0.1, normalize="none")
     assert len(c.vocab) == 66  # 65 characters and <unk>
@@ -89,8 +125,9 @@ def test_prompts_are_normalized_like_the_text():
 
 
 def test_builtin_corpus_is_the_d2l_book():
-    path = data.resolve_corpus("timemachine", None, None, None, "/nonexistent")
-    assert data.sha1_of(path) == data.TIME_MACHINE_SHA1
+    path = data.resolve_corpus("timemachine", None, None, None, None)
+    assert path == data.corpus_path("timemachine") == os.path.join(data.data_dir(), "timemachine.txt")
+    assert data.sha1_of(path) == "090b5e7e70c295757f55df93cb0a180b9691891a"
     corpus = data.load_corpus(path)
     assert corpus.vocab.idx_to_token[:5] == ("<unk>", " ", "e", "t", "a")  # d2l's printed order
     assert len(corpus.train) == 10000
@@ -98,7 +135,7 @@ def test_builtin_corpus_is_the_d2l_book():
 
 
 def test_splits_are_contiguous_tails():
-    path = data.builtin_corpus_path()
+    path = data.corpus_path("timemachine")
     full = data.load_corpus(path, max_tokens=-1)
     c = data.load_corpus(path, max_tokens=11000, val_fraction=0.1, test_fraction=0.05)
     assert c.splits == {"train": (0, 9350), "val": (9350, 10450), "test": (10450, 11000)}
@@ -151,33 +188,100 @@ def test_download_file_url_with_checksum(tmp_path):
     assert not os.listdir(cache / "other")  # a bad download leaves nothing behind
 
 
-def test_download_over_http(tmp_path):
-    served = tmp_path / "www"
-    served.mkdir()
+def test_download_over_http(tmp_path, www):
+    served, base = www
     (served / "book.txt").write_text("It was a dark and stormy night\n", encoding="utf-8")
+    (served / "book.txt.cut").write_text("never served whole", encoding="utf-8")
     sha1 = hashlib.sha1((served / "book.txt").read_bytes()).hexdigest()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/book.txt"
-        path = data.resolve_corpus("timemachine", None, url, sha1, str(tmp_path / "cache"))
-        assert data.load_corpus(path, max_tokens=-1).vocab.join(
-            data.load_corpus(path, max_tokens=-1).vocab.to_tokens(data.load_corpus(path, max_tokens=-1).ids)) \
-            == "it was a dark and stormy night"
-        with pytest.raises(UserError, match="cannot download"):
-            data.download(url + ".missing", None, str(tmp_path / "cache"))
-    finally:
-        server.shutdown()
-        server.server_close()
+    cache = tmp_path / "cache"
+    path = data.resolve_corpus("timemachine", None, base + "book.txt", sha1, str(cache))
+    assert path == str(cache / f"{sha1[:12]}-book.txt")
+    corpus = data.load_corpus(path, max_tokens=-1)
+    assert corpus.vocab.join(corpus.vocab.to_tokens(corpus.ids)) == "it was a dark and stormy night"
+    with pytest.raises(UserError, match="cannot download"):
+        data.download(base + "book.txt.missing", None, str(cache))
+    with pytest.raises(UserError, match=r"cannot download .*book.txt.cut: IncompleteRead"):
+        data.download(base + "book.txt.cut", None, str(cache))  # no sha1: only the length says it is cut
+    assert os.listdir(cache) == [os.path.basename(path)]
+
+
+def test_url_downloads_go_to_the_data_dir(tmp_path, monkeypatch):
+    src = write(tmp_path, "hello\n", "src.txt")
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))
+    assert data.resolve_corpus("timemachine", None, "file://" + src, None, None) == str(tmp_path / "data" / "src.txt")
+    monkeypatch.delenv("LSTM_JAX_DATA")
+    assert data.data_dir() == os.path.expanduser("~/.cache/lstm_jax")
+
+
+def test_present_corpus_file_is_used_without_network(tmp_path, monkeypatch):
+    # The real corpus, from LSTM_JAX_DATA (in CI a read-only directory nothing may be written to).
+    f = data.CORPORA["timemachine"]["train"]
+    monkeypatch.setitem(data.CORPORA["timemachine"], "train", f._replace(url=UNREACHABLE))
+    before = sorted(os.listdir(data.data_dir()))
+    assert data.corpus_path("timemachine") == os.path.join(data.data_dir(), "timemachine.txt")
+    assert sorted(os.listdir(data.data_dir())) == before
+    # A fresh data directory holding one file, and a given cache_dir that wins over it.
+    path = write(tmp_path, "some text\n", "data/sub/fake.txt")
+    fake_corpus(monkeypatch, UNREACHABLE, data.sha1_of(path))
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))
+    assert data.resolve_corpus("fake", None, None, None, None) == path
+    assert os.listdir(tmp_path / "data" / "sub") == ["fake.txt"]
+    other = write(tmp_path, "some text\n", "cache/sub/fake.txt")
+    assert data.resolve_corpus("fake", None, None, None, str(tmp_path / "cache")) == other
+
+
+def test_missing_corpus_file_is_downloaded_once(tmp_path, monkeypatch, www):
+    served, base = www
+    (served / "book.txt").write_text("It was a dark and stormy night\n", encoding="utf-8")
+    fake_corpus(monkeypatch, base + "book.txt", data.sha1_of(served / "book.txt"))
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))  # does not exist yet
+    path = data.corpus_path("fake")
+    assert path == str(tmp_path / "data" / "sub" / "fake.txt")
+    assert open(path).read() == "It was a dark and stormy night\n"
+    assert os.listdir(tmp_path / "data" / "sub") == ["fake.txt"]  # no temporary file left
+    (served / "book.txt").unlink()
+    assert data.corpus_path("fake") == path  # from now on no network is needed
+
+
+@pytest.mark.parametrize("name,sha1,why", [
+    ("book.txt", "0" * 40, "has sha1 [0-9a-f]{40}, expected 0{40}"),  # a wrong download
+    ("missing.txt", None, "HTTP Error 404"),
+    ("book.txt.cut", None, "IncompleteRead"),  # interrupted
+    (None, None, "Connection refused"),  # no network
+])
+def test_failed_download_leaves_nothing_and_says_where_to_put_the_file(tmp_path, monkeypatch, www, name, sha1, why):
+    served, base = www
+    (served / "book.txt").write_text("It was a dark and stormy night\n", encoding="utf-8")
+    (served / "book.txt.cut").write_text("It was a dark and stormy night\n", encoding="utf-8")
+    url, sha1 = (base + name if name else UNREACHABLE), sha1 or data.sha1_of(served / "book.txt")
+    fake_corpus(monkeypatch, url, sha1)
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))
+    with pytest.raises(UserError) as e:
+        data.resolve_corpus("fake", None, None, None, None)
+    target = tmp_path / "data" / "sub" / "fake.txt"
+    message = str(e.value)
+    assert "\n" not in message and re.search(why, message), message
+    assert f"put {url} (sha1 {sha1}) at {target}, or set LSTM_JAX_DATA to a directory holding sub/fake.txt" \
+        in message
+    assert os.listdir(target.parent) == []
+
+
+def test_present_corpus_file_with_a_wrong_hash_is_an_error(tmp_path, monkeypatch):
+    path = write(tmp_path, "not the right text\n", "data/sub/fake.txt")
+    fake_corpus(monkeypatch, UNREACHABLE, "1" * 40)
+    with pytest.raises(UserError) as e:
+        data.corpus_path("fake", directory=str(tmp_path / "data"))
+    assert str(e.value) == (f"{path} has sha1 {data.sha1_of(path)}, not that of the fake corpus; put {UNREACHABLE} "
+                            f"(sha1 {'1' * 40}) at {path}, or set LSTM_JAX_DATA to a directory holding sub/fake.txt "
+                            "and unset config.data.cache_dir")
+    assert open(path).read() == "not the right text\n"  # left for the user to replace
 
 
 @pytest.mark.parametrize("token,normalize", [("char", "d2l"), ("char", "none"), ("word", "d2l"), ("word", "none")])
 def test_chunk_boundaries_change_nothing(token, normalize, monkeypatch):
     # The file is read a few MB at a time; in 4 KB pieces (lines and words cut across
     # many boundaries) the ids and the vocabulary's order must be the same.
-    path = data.builtin_corpus_path("timemachine")
+    path = data.corpus_path("timemachine")
     whole = data.load_corpus(path, token, 0, normalize=normalize)
     monkeypatch.setattr(data, "_CHUNK_BYTES", 4096)
     pieces = data.load_corpus(path, token, 0, normalize=normalize)

@@ -11,8 +11,9 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from conftest import assert_trees_close
-from lstm_jax import fast_lstm, lstm, models
-from lstm_jax.lstm import LSTMState
+from lstm_jax import fast_lstm, models
+from lstm_jax.cells import lstm
+from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.steps import loss_fn
 
 V, H, B, T = 7, 6, 4, 5
@@ -28,7 +29,7 @@ def two_lanes(monkeypatch):
 def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False, num_layers=1, embed_dim=0):
     """Weights large enough that the gates are far from linear; a zero or random state."""
     k = jax.random.split(jax.random.key(seed), 6)
-    shapes = jax.eval_shape(lambda key: lstm.init_params(key, V, H, num_layers, embed_dim), k[0])
+    shapes = jax.eval_shape(lambda key: models.init_params(key, V, H, num_layers, embed_dim), k[0])
     leaves, tree = jax.tree.flatten(shapes)
     params = jax.tree.unflatten(tree, [scale * jax.random.normal(jax.random.fold_in(k[1], i), s.shape, dtype)
                                        for i, s in enumerate(leaves)])
@@ -45,9 +46,9 @@ def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False, num_layers=1,
 def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0, lanes=None, key=None,
                    dropout=0.0):
     """Training loss (optionally + a term on the final state) and its gradients in params and state."""
-    model = models.make_model("scratch", V, H, impl=impl, num_layers=lstm.num_layers(params),
+    model = models.make_model("scratch", V, H, impl=impl, num_layers=models.num_layers(params),
                               embed_dim=params["embed"].shape[1] if "embed" in params else 0, dropout=dropout)
-    apply = model.apply if lanes is None else functools.partial(fast_lstm.apply, lanes=lanes, rate=dropout)
+    apply = model.apply if lanes is None else functools.partial(models.fast_apply, lanes=lanes, rate=dropout)
 
     def loss(p, s):
         logits, new = apply(p, s, tokens, key)
@@ -61,7 +62,7 @@ def test_default_impl_is_fast():
     params, state, tokens, _ = random_inputs(0)
     fast = models.make_model("scratch", V, H)
     np.testing.assert_array_equal(jax.jit(fast.apply)(params, state, tokens)[0],
-                                  jax.jit(fast_lstm.apply)(params, state, tokens)[0])
+                                  jax.jit(models.fast_apply)(params, state, tokens)[0])
 
 
 @pytest.mark.parametrize("fresh,final_state_weight,lanes,transposed_h", [
@@ -111,8 +112,8 @@ def test_same_loss_and_gradients_float32(fresh):
 
 def test_same_outputs_and_final_state():
     params, state, tokens, _ = random_inputs(3)
-    ref_logits, ref_state = lstm.apply(params, state, tokens)
-    logits, new_state = fast_lstm.apply(params, state, tokens)
+    ref_logits, ref_state = models.reference_apply(params, state, tokens)
+    logits, new_state = models.fast_apply(params, state, tokens)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
     assert_trees_close(new_state, ref_state, rtol=1e-5, atol=1e-6)
 
@@ -222,10 +223,22 @@ def test_default_lanes_divide_the_batch(batch_size):
     lanes = default_lanes(batch_size, 256)
     assert lanes >= 1 and batch_size % lanes == 0
     assert lanes == 1 or batch_size // lanes >= 8  # never tiny lanes
-    if batch_size // fast_lstm._cores() < 128:
+    if batch_size // fast_lstm.LANES < 128:
         assert default_lanes(batch_size, 1024) == 1  # a product that large spreads over the cores by itself
-    elif fast_lstm._cores() > 1:
+    else:
         assert default_lanes(batch_size, 1024) > 1  # unless each lane's product is large enough alone
+
+
+def test_lanes_are_a_function_of_the_model_sizes_only(monkeypatch):
+    # A run's program (and the order its lane gradients are summed in) must not depend on the
+    # host's core count: the same config compiles the same program on any CPU.
+    import os
+
+    before = [default_lanes(b, h) for b in (8, 32, 64, 256) for h in (64, 256, 1024)]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert [default_lanes(b, h) for b in (8, 32, 64, 256) for h in (64, 256, 1024)] == before
+    assert default_lanes(32, 256) == 2 and default_lanes(64, 512) == 1 and default_lanes(256, 512) == 2
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -252,11 +265,12 @@ def test_config_selects_the_implementation():
     from lstm_jax.errors import UserError
 
     c = configs.get_base_config()
-    assert c.lstm_impl is None and configs.lstm_impl(c) == "fast"  # scratch: the fast path
+    runs = lambda: models.from_config(c, 28).runs
+    assert c.lstm_impl is None and runs() == "fast"  # scratch: the fast path
     c.model = "concise"
-    assert configs.lstm_impl(c) == "reference"  # concise: flax's own cell
+    assert runs() == "reference"  # concise: flax's own cell
     c.lstm_impl = "fast"
-    assert configs.lstm_impl(c) == "fast"  # flax's parameters through the fast path, asked for by name
+    assert runs() == "fast"  # flax's parameters through the fast path, asked for by name
     c.lstm_impl = "slow"
     with pytest.raises(UserError, match="lstm_impl"):
         configs.validate(c)

@@ -9,8 +9,9 @@ import pytest
 from jax.test_util import check_grads
 
 from conftest import assert_trees_close
-from lstm_jax import lstm, models
-from lstm_jax.lstm import LSTMState
+from lstm_jax import models
+from lstm_jax.cells import lstm
+from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.steps import loss_fn
 
 V, H, B, T = 7, 6, 3, 5
@@ -19,7 +20,7 @@ V, H, B, T = 7, 6, 3, 5
 def random_inputs(seed, dtype=jnp.float32, scale=0.5, num_layers=1, embed_dim=0):
     """Weights large enough that the gates are far from linear, plus a non-zero state."""
     k = jax.random.split(jax.random.key(seed), 5)
-    shapes = jax.eval_shape(lambda: lstm.init_params(k[0], V, H, num_layers, embed_dim))
+    shapes = jax.eval_shape(lambda: models.init_params(k[0], V, H, num_layers, embed_dim))
     leaves, tree = jax.tree.flatten(shapes)
     params = jax.tree.unflatten(tree, [scale * jax.random.normal(jax.random.fold_in(k[1], i), s.shape, dtype)
                                        for i, s in enumerate(leaves)])
@@ -30,7 +31,7 @@ def random_inputs(seed, dtype=jnp.float32, scale=0.5, num_layers=1, embed_dim=0)
 
 
 def test_init_matches_d2l():
-    p = lstm.init_params(jax.random.key(0), 28, 256)
+    p = models.init_params(jax.random.key(0), 28, 256)
     assert tuple(p) == lstm.PARAM_NAMES
     assert p["W_xi"].shape == (28, 256) and p["W_hi"].shape == (256, 256) and p["W_hq"].shape == (256, 28)
     for name, a in p.items():
@@ -38,14 +39,14 @@ def test_init_matches_d2l():
             assert not np.any(a)
         else:
             assert abs(float(a.std()) - 0.01) < 0.001 and abs(float(a.mean())) < 0.001
-    deep = lstm.init_params(jax.random.key(0), 28, 64, num_layers=3, embed_dim=16)
+    deep = models.init_params(jax.random.key(0), 28, 64, num_layers=3, embed_dim=16)
     assert set(deep) == {*lstm.PARAM_NAMES, "layer1", "layer2", "embed"}
     assert deep["W_xi"].shape == (16, 64) and deep["layer2"]["W_xc"].shape == (64, 64)
     assert tuple(deep["layer1"]) == lstm.LAYER_NAMES and deep["embed"].shape == (28, 16)
-    assert lstm.num_layers(deep) == 3
+    assert models.num_layers(deep) == 3
     # one layer's weights do not depend on the layers added above it
-    np.testing.assert_array_equal(lstm.init_params(jax.random.key(0), 28, 64, 2)["W_hq"],
-                                  lstm.init_params(jax.random.key(0), 28, 64, 1)["W_hq"])
+    np.testing.assert_array_equal(models.init_params(jax.random.key(0), 28, 64, 2)["W_hq"],
+                                  models.init_params(jax.random.key(0), 28, 64, 1)["W_hq"])
 
 
 def test_lstm_step_is_the_d2l_formula():
@@ -69,10 +70,10 @@ def test_stacked_layers_feed_each_other():
     # Layer 2 of a 2-layer model sees layer 1's hidden states: running the layers by
     # hand, one scan each, gives the stack's logits and final state.
     params, state, tokens = random_inputs(1, num_layers=2)
-    logits, final = lstm.apply(params, state, tokens)
+    logits, final = models.reference_apply(params, state, tokens)
     x, hs = tokens.T, []
     for l in range(2):
-        p = lstm.layer(params, l)
+        p = models.layer(params, l)
         (h, c), x = jax.lax.scan(lambda carry, x_t: lstm.lstm_step(p, carry, x_t), (state.h[:, l], state.c[:, l]), x)
         hs.append((h, c))
     np.testing.assert_allclose(logits, jnp.swapaxes(x, 0, 1) @ params["W_hq"] + params["b_q"], rtol=1e-6)
@@ -93,7 +94,7 @@ def test_dropout_only_in_training_and_only_off_the_recurrence():
     np.testing.assert_array_equal(a, b)  # a function of the key
     assert not np.allclose(a, c) and not np.allclose(a, eval_logits)
     x = jnp.ones((4, 100, 8))
-    dropped = lstm.dropout(jax.random.key(0), 3, x, 0.25)
+    dropped = models.dropout(jax.random.key(0), 3, x, 0.25)
     np.testing.assert_allclose(np.unique(dropped), [0.0, 1 / 0.75], rtol=1e-6)  # inverted: mean kept
     assert abs(float((dropped == 0).mean()) - 0.25) < 0.03
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLI, one_error_line, run_cli
-from lstm_jax import data, generate, models
+from lstm_jax import data, models, predict
 from lstm_jax.errors import UserError
 
-VOCAB = data.load_corpus(data.builtin_corpus_path()).vocab
+VOCAB = data.load_corpus(data.corpus_path("timemachine")).vocab
 
 
 def d2l_predict_ch8(model, params, vocab, prefix, num_preds):
@@ -50,7 +50,7 @@ def model_and_params(request):
 def test_greedy_scan_equals_d2l_python_loop(model_and_params, prefix):
     model, params = model_and_params
     expected = d2l_predict_ch8(model, params, VOCAB, prefix, 20)
-    got = generate.continue_text(model, params, VOCAB, prefix, 20)
+    got = predict.continue_text(model, params, VOCAB, prefix, 20)
     assert got == expected
     assert len(set(got[len(prefix):])) > 1
 
@@ -58,16 +58,16 @@ def test_greedy_scan_equals_d2l_python_loop(model_and_params, prefix):
 def test_sampling_and_top_k(model_and_params):
     model, params = model_and_params
     key = lambda s: jax.random.key(s)
-    a = generate.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, key=key(1))
-    b = generate.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, key=key(1))
-    c = generate.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, key=key(2))
+    a = predict.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, key=key(1))
+    b = predict.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, key=key(1))
+    c = predict.continue_text(model, params, VOCAB, "the", 40, temperature=1.0, key=key(2))
     assert a == b != c
-    greedy = generate.continue_text(model, params, VOCAB, "the", 40)
-    assert generate.continue_text(model, params, VOCAB, "the", 40, temperature=0.7, top_k=1) == greedy
-    ids = generate.encode_prefix(VOCAB, "the")
+    greedy = predict.continue_text(model, params, VOCAB, "the", 40)
+    assert predict.continue_text(model, params, VOCAB, "the", 40, temperature=0.7, top_k=1) == greedy
+    ids = predict.encode_prefix(VOCAB, "the")
     logits, _ = model.apply(params, model.initial_state(1), ids[None])
     top2 = set(np.argsort(np.asarray(logits[0, -1]))[-2:].tolist())
-    firsts = {int(generate.generate(model, params, ids, jax.random.key(s), num_preds=1, temperature=5.0,
+    firsts = {int(predict.generate(model, params, ids, jax.random.key(s), num_preds=1, temperature=5.0,
                                     top_k=2)[0]) for s in range(30)}
     assert firsts <= top2 and len(firsts) == 2
 
@@ -75,10 +75,10 @@ def test_sampling_and_top_k(model_and_params):
 def test_prompts_are_normalized_like_the_training_text(model_and_params):
     model, params = model_and_params
     with pytest.raises(UserError, match="empty once normalized"):
-        generate.continue_text(model, params, VOCAB, "", 5)
+        predict.continue_text(model, params, VOCAB, "", 5)
     # d2l's text is lower-case letters and spaces: "Time Traveller!" is read as "time traveller "
-    assert generate.continue_text(model, params, VOCAB, "Time Traveller!", 5) == \
-        generate.continue_text(model, params, VOCAB, "time traveller ", 5)
+    assert predict.continue_text(model, params, VOCAB, "Time Traveller!", 5) == \
+        predict.continue_text(model, params, VOCAB, "time traveller ", 5)
 
 
 @pytest.fixture(scope="module")

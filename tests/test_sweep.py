@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_CLI, one_error_line, quiet, run_cli
-from lstm_jax import reporting, train
-from lstm_jax import trials as lib
+from lstm_jax import metrics, train
+from lstm_jax import sweep as lib
 from lstm_jax.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -64,28 +64,23 @@ def test_a_solo_trial_is_the_training_run(tiny_config, tmp_path):
     assert (tmp_path / "sweep" / "trials" / trial.name / "checkpoints").is_dir()  # a full training workdir
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant,random_iter", [("scratch", False), ("concise", True)])
-def test_vmapped_trials_are_their_solo_runs(tiny_config, tmp_path, variant, random_iter):
+def test_trials_honour_every_field_and_share_one_program(tiny_config, tmp_path):
+    # Each trial is the one training loop: a time budget and mid-epoch evaluation hold per trial.
+    # Trials that differ only in learning rate or seed run one compiled program (no cache of ours).
+    from lstm_jax import steps
+
     c = tiny_config
-    c.model, c.data.random_iter, c.data.val_fraction, c.num_epochs = variant, random_iter, 0.1, 2
-    trials = grid(c, hidden=[24], lr=[0.5, 2.0], seeds=[0, 1])[1:]  # lr 0.5 s1, lr 2 s0, lr 2 s1
-    group = lib.run_group(c, trials, lambda: False)
-    assert [r["mode"] for r in group] == ["vmap"] * 3 and all(r["status"] == "ok" for r in group)
-    for trial, r in zip(trials, group):
-        lib.run_solo(c, trial, str(tmp_path), lambda: False)
-        metrics = reporting.read_metrics(os.path.join(lib.trial_dir(str(tmp_path), trial), "metrics.jsonl"))
-        np.testing.assert_allclose(curve(r), [m["train_ppl"] for m in metrics], rtol=1e-5)
-        np.testing.assert_allclose(curve(r, "val_ppl"), [m["val_ppl"] for m in metrics], rtol=1e-5)
-    assert len({round(r["final_ppl"], 5) for r in group}) == 3  # lr and seed both matter
-
-
-def test_a_diverging_trial_fails_alone_in_its_group(tiny_config):
-    tiny_config.num_epochs = 2
-    trials = grid(tiny_config, lr=[2.0, float("inf")])
-    good, bad = lib.run_group(tiny_config, trials, lambda: False)
-    assert bad["status"] == "failed" and "loss became nan in epoch 1" in bad["reason"] and bad["final_ppl"] is None
-    assert good["status"] == "ok" and good["epochs"] == 2
+    c.num_epochs, c.data.val_fraction, c.eval_every_steps, c.time_budget_s = 50, 0.1, 5, 1e-9
+    trials = grid(c, lr=[0.5, 2.0], seeds=[0, 1])
+    lib.run_solo(c, trials[0], str(tmp_path), lambda: False)  # compiles
+    programs = steps.train_block._cache_size()
+    results = [lib.run_solo(c, t, str(tmp_path), lambda: False) for t in trials[1:]]
+    assert steps.train_block._cache_size() == programs
+    for t, r in zip(trials[1:], results):
+        records = metrics.read_metrics(os.path.join(lib.trial_dir(str(tmp_path), t), "metrics.jsonl"))
+        assert r["status"] == "ok" and r["epochs"] == 1 and records[-1]["step"] < 50  # the budget stopped it
+        assert "val_loss" in records[-1]
+    assert len({r["final_ppl"] for r in results}) == 3  # lr and seed both matter
 
 
 @pytest.mark.slow
@@ -109,7 +104,7 @@ def test_resume_failures_tables_and_a_shrunk_grid(tiny_config, tmp_path):
     assert len(next(r for r in table if r["status"] == "ok")["curve"]) == 2
     for name in ("heatmap.png", "curves.png"):
         assert (tmp_path / "sweep" / name).read_bytes()[:8] == PNG
-    lines = reporting.format_table(first["results"], "hidden", "lr").splitlines()
+    lines = metrics.format_table(first["results"], "hidden", "lr").splitlines()
     assert lines[1].split() == ["hidden", "lr", "1", "lr", "inf"] and lines[2].split() == ["0", "failed", "failed"]
 
     # One more learning rate: only the new trials run; finished ones are not touched.
@@ -154,7 +149,7 @@ def test_cli_end_to_end(tmp_path):
     args = [*SWEEP, "--hidden", "16,32", "--lr", "1,inf", "--grid", "num_layers=1", f"--out={out}"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[0].startswith("4 trials, mode solo (one at a time on cpu")
+    assert first.stdout.splitlines()[0].startswith("4 trials, one at a time")
     assert "4 finished trials" in first.stdout and "2 failed" in first.stdout
     command = next(line for line in first.stdout.splitlines() if line.startswith("reproduce it alone: "))
     for name in ("results.csv", "results.json", "heatmap.png", "curves.png", "best.json"):
@@ -168,9 +163,8 @@ def test_cli_end_to_end(tmp_path):
     again = run_cli(*args)
     assert again.returncode == 0 and "4 of 4 trials already finished" in again.stdout
     vmapped = run_cli(*SWEEP, "--lr", "0.5,2", "--no-vmap", f"--out={tmp_path / 'solo'}", "--dry_run")
-    assert vmapped.returncode == 0 and "mode solo" in vmapped.stdout
-    dry = run_cli(*SWEEP, "--lr", "0.5,2", "--mode", "vmap", f"--out={tmp_path / 'v'}", "--dry_run")
-    assert dry.stdout.splitlines()[0] == "2 trials, mode vmap, 1 programs:"
+    assert vmapped.returncode == 0 and vmapped.stdout.splitlines()[0] == "2 trials:"  # an old flag still works
+    assert "--mode vmap was removed" in one_error_line(run_cli(*SWEEP, "--mode", "vmap", f"--out={tmp_path / 'v'}"))
 
 
 @pytest.mark.slow

@@ -1,47 +1,26 @@
 """scratch = PyTorch's nn.LSTM(num_layers=2) with mapped weights: logits, state, loss and gradients.
 
-PyTorch keeps per layer ``weight_ih_l{l}`` (4H, in), ``weight_hh_l{l}`` (4H, H) and two biases
-``bias_ih_l{l}`` + ``bias_hh_l{l}``, gates in the order i, f, g, o (d2l's I, F, C~, O), weights
-transposed relative to d2l's ``x @ W_x``. torch is a test extra (``pip install -e '.[dev]'``).
+The PyTorch model and the mapping of lstm_jax's d2l-named parameters onto it are
+``scripts/torch_lm.py``'s, the ones the benchmarks use. torch is a test extra (``pip install -e '.[dev]'``).
 """
+
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax import lstm, models
-from lstm_jax.lstm import LSTMState
+from conftest import REPO
+from lstm_jax import models
+from lstm_jax.cells.lstm import LSTMState
 
 torch = pytest.importorskip("torch")
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from torch_lm import TORCH_GATES, TorchLM, load_params  # noqa: E402
 
 V, H, L, B, T, E = 11, 8, 2, 3, 6, 5
-TORCH_GATES = ("i", "f", "c", "o")  # PyTorch's i, f, g, o in d2l's names
-
-
-def to_torch(params, embed: bool):
-    """d2l-named parameters as a torch nn.LSTM + head (+ embedding), float64."""
-    lstm_t = torch.nn.LSTM(E if embed else V, H, num_layers=L, batch_first=True).double()
-    head = torch.nn.Linear(H, V).double()
-    with torch.no_grad():
-        for l in range(L):
-            p = lstm.layer(params, l)
-            getattr(lstm_t, f"weight_ih_l{l}").copy_(torch.tensor(
-                np.concatenate([np.asarray(p[f"W_x{g}"]).T for g in TORCH_GATES])))
-            getattr(lstm_t, f"weight_hh_l{l}").copy_(torch.tensor(
-                np.concatenate([np.asarray(p[f"W_h{g}"]).T for g in TORCH_GATES])))
-            # d2l has one bias per gate; PyTorch adds two: split it between them.
-            b = np.concatenate([np.asarray(p[f"b_{g}"]) for g in TORCH_GATES])
-            getattr(lstm_t, f"bias_ih_l{l}").copy_(torch.tensor(0.25 * b))
-            getattr(lstm_t, f"bias_hh_l{l}").copy_(torch.tensor(0.75 * b))
-        head.weight.copy_(torch.tensor(np.asarray(params["W_hq"]).T))
-        head.bias.copy_(torch.tensor(np.asarray(params["b_q"])))
-    emb = None
-    if embed:
-        emb = torch.nn.Embedding(V, E).double()
-        with torch.no_grad():
-            emb.weight.copy_(torch.tensor(np.asarray(params["embed"])))
-    return lstm_t, head, emb
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])
@@ -49,7 +28,7 @@ def to_torch(params, embed: bool):
 def test_scratch_equals_torch_nn_lstm(impl, embed):
     with jax.enable_x64(True):
         k = jax.random.split(jax.random.key(0), 6)
-        shapes = jax.eval_shape(lambda: lstm.init_params(k[0], V, H, L, E if embed else 0))
+        shapes = jax.eval_shape(lambda: models.init_params(k[0], V, H, L, E if embed else 0))
         leaves, tree = jax.tree.flatten(shapes)
         params = jax.tree.unflatten(tree, [0.5 * jax.random.normal(jax.random.fold_in(k[1], i), s.shape, jnp.float64)
                                            for i, s in enumerate(leaves)])
@@ -66,13 +45,12 @@ def test_scratch_equals_torch_nn_lstm(impl, embed):
         (loss_j, (logits_j, new_j)), (g_params, g_state) = jax.jit(
             jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, state)
 
-    lstm_t, head, emb = to_torch(params, embed)
-    x = torch.tensor(tokens)
-    inputs = emb(x) if embed else torch.nn.functional.one_hot(x, V).double()
+    model_t = load_params(TorchLM(V, H, L, E if embed else 0).double(), params)
+    lstm_t, head, emb = model_t.lstm, model_t.head, model_t.embed
     h0 = torch.tensor(np.asarray(state.h).transpose(1, 0, 2).copy()).requires_grad_()
     c0 = torch.tensor(np.asarray(state.c).transpose(1, 0, 2).copy()).requires_grad_()
-    out, (h, c) = lstm_t(inputs, (h0, c0))
-    logits_t = head(out)
+    logits_TxBxV, (h, c) = model_t(torch.tensor(tokens.T.copy()), (h0, c0))
+    logits_t = logits_TxBxV.transpose(0, 1)
     loss_t = torch.nn.functional.cross_entropy(logits_t.reshape(-1, V), torch.tensor(targets).reshape(-1))
     loss_t.backward()
 
@@ -82,7 +60,7 @@ def test_scratch_equals_torch_nn_lstm(impl, embed):
     np.testing.assert_allclose(new_j.c, c.detach().numpy().transpose(1, 0, 2), rtol=1e-10, atol=1e-12)
     close = lambda a, b: np.testing.assert_allclose(np.asarray(a), b.detach().numpy(), rtol=1e-9, atol=1e-12)
     for l in range(L):
-        gl = lstm.layer(g_params, l)
+        gl = models.layer(g_params, l)
         close(np.concatenate([gl[f"W_x{g}"].T for g in TORCH_GATES]), getattr(lstm_t, f"weight_ih_l{l}").grad)
         close(np.concatenate([gl[f"W_h{g}"].T for g in TORCH_GATES]), getattr(lstm_t, f"weight_hh_l{l}").grad)
         close(np.concatenate([gl[f"b_{g}"] for g in TORCH_GATES]), getattr(lstm_t, f"bias_hh_l{l}").grad)

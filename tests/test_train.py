@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_same_params, quiet
 from lstm_jax import configs, experiment, steps, train
 from lstm_jax.errors import UserError
-from lstm_jax.reporting import read_metrics
+from lstm_jax.metrics import read_metrics
 
 
 @pytest.mark.parametrize("variant,bound", [("scratch", 16.5), ("concise", 12.0)])
@@ -69,7 +69,7 @@ def test_evaluation_scores_the_whole_split_with_the_state_carried(tiny_config):
     c.data.val_fraction = 0.2
     exp = experiment.Experiment.from_config(c)
     params = exp.init_train_state().params
-    got = experiment.Programs(exp, exp.init_train_state()).evaluate(params, "val")
+    got = exp.evaluate(params, "val")
     # By hand: each stream through all its tokens at once, from zeros.
     s = exp.heldout["val"]
     X, Y, M = (np.swapaxes(a, 0, 1).reshape(a.shape[1], -1) for a in (s.X, s.Y, s.mask))
@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_config, tmp_path):
 
 def test_a_model_that_cannot_fit_is_refused_before_anything_is_allocated(tiny_config, tmp_path):
     tiny_config.num_hiddens = 100_000
-    with pytest.raises(UserError, match=r"needs about \d+\.\d GB to train .* has \d+\.\d GB available"):
+    with pytest.raises(UserError, match=r"needs about \d+\.\d GB to train .* has \d+\.\d GB;"):
         train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
 
