@@ -90,8 +90,9 @@ def _check_fields(config, argv: list[str]) -> None:
 def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = False) -> None:
     """Parse the flags, then ``main(config, config_path)`` (or ``main()``); one line per error.
 
-    ``stoppable``: a Ctrl-C or SIGTERM asks the program to stop (``STOP``), and it exits
-    128 + the signal's number afterwards, as shells expect (130 for Ctrl-C).
+    ``stoppable``: a Ctrl-C or SIGTERM asks the program to stop (``STOP``); when ``main``
+    returns true (it stopped on that request) the program exits 128 + the signal's number,
+    as shells expect (130 for Ctrl-C).
     """
     from absl import flags, logging
 
@@ -121,16 +122,29 @@ def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = 
         if len(rest) > 1:
             fail(f"unexpected arguments {rest[1:]}; options look like --name=value or --config.<field>=<value>")
         logging.set_verbosity(logging.ERROR)  # JAX's backend probing, orbax's notes
+        _quiet_orbax_leftovers()
         if stoppable:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, STOP._handle)
-        main(flags.FLAGS.config, path) if takes_config else main()
+        stopped = main(flags.FLAGS.config, path) if takes_config else main()
     except UserError as e:
         fail(str(e))
     finally:
         # All is written; what is left is exiting, and the interpreter's shutdown puts SIGINT
         # back to its default action: a Ctrl-C there killed the process silently (exit -2).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if STOP.signum is not None:
+    if stopped and STOP.signum is not None:
         sys.stdout.flush()
         sys.exit(128 + STOP.signum)
+
+
+def _quiet_orbax_leftovers() -> None:
+    """A failed orbax restore (reported as one error line already) leaves tensorstore callbacks
+    whose event loop is gone by the time they are collected; Python would print each one."""
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            default(unraisable)
+
+    sys.unraisablehook = hook

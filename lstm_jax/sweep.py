@@ -322,7 +322,7 @@ def main() -> None:
                                 should_stop=cli.STOP, config_file=config_file, overrides=overrides)
         if summary["stopped"]:
             print(f"stopped: {summary['ran']} trials were left to run; run the same command again to resume")
-            return
+            return True
         results = summary["results"]
         print(f"\n{len(results)} finished trials in {out} ({summary['ran']} trained now in "
               f"{summary['elapsed_s']:.1f} s, {summary['skipped']} already finished), "

@@ -326,7 +326,8 @@ def main() -> None:
         F = flags.FLAGS
         stem = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
         distributed.initialize(F.coordinator, F.num_processes, F.process_id)  # before any device is touched
-        train_and_evaluate(config, F.workdir or os.path.join("runs", stem), log=cli.log, should_stop=cli.STOP)
+        return train_and_evaluate(config, F.workdir or os.path.join("runs", stem), log=cli.log,
+                                  should_stop=cli.STOP)["interrupted"]
 
     cli.run(run, __doc__, takes_config=True, stoppable=True)
 
