@@ -18,11 +18,13 @@ import traceback
 import ml_collections
 from ml_collections import config_dict
 
+from lstm_jax import cells
 from lstm_jax.errors import UserError
 
 # Allowed values of every enum field: validate() is the only place they are checked.
 CHOICES = {
     "model": ("scratch", "concise"),
+    "cell": cells.NAMES,
     "lstm_impl": ("fast", "reference"),
     "dtype": ("float32", "bfloat16"),
     "optimizer": ("sgd", "adam", "adamw"),
@@ -36,13 +38,16 @@ CHOICES = {
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
-    c.model = "scratch"  # 'scratch' (d2l's pure functions) or 'concise' (flax's OptimizedLSTMCell)
+    c.model = "scratch"  # 'scratch' (the cell's pure functions) or 'concise' (flax's own cell)
+    c.cell = "lstm"  # the recurrent cell (lstm_jax/cells; docs/cells.md)
     c.num_hiddens = 256
-    c.num_layers = 1  # stacked LSTM layers (d2l's deep RNN)
+    c.proj_size = 0  # lstm_proj: the projected hidden state's size
+    c.forget_bias = 0.0  # the forget gate's initial bias (d2l 0; Jozefowicz et al. 2015 recommend 1)
+    c.num_layers = 1  # stacked recurrent layers (d2l's deep RNN)
     c.embed_dim = 0  # 0: one-hot input (d2l, done as a row lookup); > 0: an embedding table
     c.dropout = 0.0  # on non-recurrent connections only (Zaremba et al. 2014); off in evaluation
     c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
-    # How the LSTM layers run. Unset: each variant's own (scratch: 'fast'; concise: flax's cell).
+    # How the layers run: 'fast' (the engine) or 'reference'. Unset: the fastest the cell has.
     c.lstm_impl = config_dict.placeholder(str)
 
     c.data = ml_collections.ConfigDict()
@@ -102,7 +107,7 @@ RETIRED = {
 _POSITIVE = ("num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
              "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
              "grad_clip")
-_NON_NEGATIVE = ("embed_dim", "weight_decay", "warmup_steps", "time_budget_s", "eval_every_steps",
+_NON_NEGATIVE = ("embed_dim", "proj_size", "weight_decay", "warmup_steps", "time_budget_s", "eval_every_steps",
                  "data.min_freq", "data.val_fraction", "data.test_fraction")
 
 
@@ -125,8 +130,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if held_out >= 1:
         raise UserError(f"config.data.val_fraction + config.data.test_fraction must be < 1 (the rest is "
                         f"the training split), got {config.data.val_fraction} + {config.data.test_fraction}")
+    _validate_cell(config)
     if config.data.path and config.data.url:
         raise UserError("set config.data.path or config.data.url, not both")
+
+
+_FORGET_GATE = ("lstm", "lstm_peephole", "lstm_layernorm", "lstm_proj")
+
+
+def _validate_cell(c) -> None:
+    from lstm_jax.models import FLAX_CELLS
+
+    cell = cells.get(c.cell)
+    if c.model == "concise" and c.cell not in FLAX_CELLS:
+        raise UserError(f"config.model='concise' (flax's own cell) exists for cell {', '.join(FLAX_CELLS)}; "
+                        f"flax has no {c.cell}: use config.model='scratch'")
+    if c.lstm_impl == "fast" and (cell.engine is None or c.model == "concise" and c.cell != "lstm"):
+        raise UserError(f"config.lstm_impl='fast': cell {c.cell} ({c.model}) does not run through the engine; "
+                        "leave lstm_impl unset or use 'reference'")
+    if (c.cell == "lstm_proj") != (c.proj_size > 0):
+        raise UserError(f"config.proj_size={c.proj_size} with cell {c.cell}: cell lstm_proj needs proj_size > 0 "
+                        "and the other cells take none")
+    if c.forget_bias and (c.cell not in _FORGET_GATE or c.model == "concise"):
+        raise UserError(f"config.forget_bias={c.forget_bias}: cell {c.cell} ({c.model}) has no forget-gate bias "
+                        f"to set; the cells that do: {', '.join(_FORGET_GATE)} (scratch)")
 
 
 def _get(config, dotted: str):

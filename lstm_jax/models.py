@@ -1,4 +1,4 @@
-"""The stacked language model over a recurrent cell, and flax's variant, behind one interface.
+"""The stacked language model over any recurrent cell, and flax's variant, behind one interface.
 
 Training, prediction and the tests only ever see a :class:`LanguageModel`: a
 small value (its config fields), hashable, so that jitted steps take it as a
@@ -6,16 +6,17 @@ static argument; ``init(key) -> params``, ``initial_state(batch)`` and
 ``apply(params, state, tokens_BxT, key=None) -> (logits_BxTxV, state)``. A
 ``key`` turns dropout on (training), ``None`` off (evaluation, generation).
 
-- ``scratch``: d2l's pure functions (:mod:`lstm_jax.cells.lstm`), by default
-  through the fast path (:mod:`lstm_jax.fast_lstm`, ``impl="fast"``), or
-  autodiff of ``lstm_step`` under ``lax.scan`` (``impl="reference"``);
-- ``concise``: flax's ``OptimizedLSTMCell`` under ``nn.RNN``, one per layer,
-  and a dense head (``impl="reference"``, its default); ``impl="fast"`` runs
-  flax's parameters through our fast path instead, re-keyed, not copied.
+- ``scratch``: the cell's pure functions (:mod:`lstm_jax.cells`), through the
+  recurrence engine where the cell has one (:mod:`lstm_jax.engine`, ``impl="fast"``),
+  else, or with ``impl="reference"``, autodiff of its ``step`` under ``lax.scan``;
+- ``concise``: flax's own cell under ``nn.RNN`` (``lstm``: ``OptimizedLSTMCell``,
+  ``gru_reset_after``: ``GRUCell``, ``rnn``: ``SimpleCell``), one per layer, and a dense
+  head; for the LSTM ``impl="fast"`` runs flax's parameters through our engine, re-keyed.
 
-Parameters (scratch): layer 0's gates and the head ``W_hq, b_q`` under d2l's
-names at the top level, layer l's under ``layer<l>``, an embedding under
-``embed``. Shapes are in the names: B batch, T time, L layers, H hidden, V vocabulary.
+Parameters (scratch): layer 0's under the cell's (d2l's) names at the top level with the
+head ``W_hq, b_q``, layer l's under ``layer<l>``, an embedding under ``embed``. The state
+is the cell's NamedTuple, each field (B, L, size). Shapes are in the names: B batch,
+T time, L layers, H hidden, V vocabulary.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import fast_lstm
-from lstm_jax.cells import lstm
+from lstm_jax import cells, engine
+from lstm_jax.cells import Options, lstm
 from lstm_jax.cells.lstm import LSTMState
 
 Params = Any
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: compute in the parameters' dtype
+FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru_reset_after": "GRUCell", "rnn": "SimpleCell"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,49 +51,59 @@ class LanguageModel:
     vocab_size: int
     num_hiddens: int
     dtype: str = "float32"
-    impl: str | None = None  # "fast" or "reference"; None: the variant's own
+    impl: str | None = None  # "fast" or "reference"; None: the fastest this cell and variant have
     num_layers: int = 1
     embed_dim: int = 0
     dropout: float = 0.0
+    cell: str = "lstm"
+    proj_size: int = 0
+    forget_bias: float = 0.0
 
     def __post_init__(self):
         if self.variant not in ("scratch", "concise"):
             raise ValueError(f"unknown variant {self.variant!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
-
-    @property
-    def name(self) -> str:
-        return self.variant
+        object.__setattr__(self, "forget_bias", float(self.forget_bias))
 
     @property
     def runs(self) -> str:
-        """The implementation that runs: ``fast`` or ``reference``."""
-        return self.impl or ("fast" if self.variant == "scratch" else "reference")
+        """The implementation that runs: ``fast`` (the engine) or ``reference``."""
+        if self.impl:
+            return self.impl
+        if self.variant == "concise":
+            return "reference"
+        return "fast" if cells.get(self.cell).engine else "reference"
+
+    @property
+    def options(self) -> Options:
+        return Options(self.num_hiddens, self.proj_size, self.forget_bias)
 
     @property
     def state_dtype(self):
         return DTYPES[self.dtype] or jnp.float32
 
-    def initial_state(self, batch_size: int) -> LSTMState:
+    def initial_state(self, batch_size: int):
         """Zeros, as d2l's ``init_lstm_state`` / ``begin_state``, for every layer."""
-        shape = (batch_size, self.num_layers, self.num_hiddens)
-        return LSTMState(jnp.zeros(shape, self.state_dtype), jnp.zeros(shape, self.state_dtype))
+        cell = cells.get(self.cell)
+        return cell.State(*(jnp.zeros((batch_size, self.num_layers, n), self.state_dtype)
+                            for n in cell.state_sizes(self.options)))
 
     def num_params(self) -> int:
         return sum(a.size for a in jax.tree.leaves(jax.eval_shape(self.init, jax.random.key(0))))
 
-    def _flax(self) -> "ConciseLSTM":
-        return ConciseLSTM(self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim, self.dropout,
-                           DTYPES[self.dtype])
+    def _flax(self) -> "ConciseModel":
+        return ConciseModel(self.cell, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim,
+                            self.dropout, DTYPES[self.dtype])
 
     def init(self, key: jax.Array) -> Params:
         if self.variant == "scratch":
-            return init_params(key, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim)
-        zeros = jnp.zeros((1, self.num_layers, self.num_hiddens))
-        return self._flax().init(key, LSTMState(zeros, zeros), jnp.zeros((1, 1), jnp.int32))
+            return init_params(key, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim,
+                               self.cell, self.proj_size, self.forget_bias)
+        zeros = self.initial_state(1)
+        return self._flax().init(key, jax.tree.map(lambda a: a.astype(jnp.float32), zeros),
+                                 jnp.zeros((1, 1), jnp.int32))
 
-    def apply(self, params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None
-              ) -> tuple[jax.Array, LSTMState]:
+    def apply(self, params: Params, state, tokens_BxT: jax.Array, key=None):
         low = DTYPES[self.dtype]
         compute = (lambda tree: jax.tree.map(lambda a: a.astype(low), tree)) if low else (lambda tree: tree)
         if self.variant == "concise" and self.runs == "reference":
@@ -100,25 +112,29 @@ class LanguageModel:
             if self.variant == "concise":
                 params = concise_to_scratch(params)
             run = fast_apply if self.runs == "fast" else reference_apply
-            logits, state = run(compute(params), compute(state), tokens_BxT, key, self.dropout)
+            logits, state = run(compute(params), compute(state), tokens_BxT, key, self.dropout, cell=self.cell)
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state
 
 
 def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "float32",
                impl: str | None = None, num_layers: int = 1, embed_dim: int = 0,
-               dropout: float = 0.0) -> LanguageModel:
-    return LanguageModel(variant, vocab_size, num_hiddens, dtype, impl, num_layers, embed_dim, dropout)
+               dropout: float = 0.0, cell: str = "lstm", proj_size: int = 0,
+               forget_bias: float = 0.0) -> LanguageModel:
+    return LanguageModel(variant, vocab_size, num_hiddens, dtype, impl, num_layers, embed_dim, dropout,
+                         cell, proj_size, forget_bias)
 
 
 def from_config(config, vocab_size: int) -> LanguageModel:
     c = config
     return LanguageModel(c.model, vocab_size, c.num_hiddens, c.dtype, c.lstm_impl, c.num_layers,
-                         c.embed_dim, c.dropout)
+                         c.embed_dim, c.dropout, c.cell, c.proj_size, c.forget_bias)
 
 
 # ---------------------------------------------------------------------------
-# The scratch model: d2l's cell, stacked (d2l's deep RNN), with dropout and a head
+# The scratch model: any cell, stacked (d2l's deep RNN), with dropout and a head
 # ---------------------------------------------------------------------------
+
+_NOT_LAYER0 = ("W_hq", "b_q", "embed")
 
 
 def layer_key(l: int) -> str:
@@ -130,25 +146,29 @@ def num_layers(params: Params) -> int:
 
 
 def layer(params: Params, l: int) -> Params:
-    """Layer ``l``'s 12 gate arrays, under d2l's names (layer 0's are top-level, as in d2l)."""
-    return {n: params[n] for n in lstm.LAYER_NAMES} if l == 0 else params[layer_key(l)]
+    """Layer ``l``'s parameters, under the cell's names (layer 0's are top-level, as in d2l)."""
+    if l:
+        return params[layer_key(l)]
+    return {k: v for k, v in params.items() if k not in _NOT_LAYER0 and not k.startswith("layer")}
 
 
 def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: int = 1,
-                embed_dim: int = 0) -> Params:
-    """d2l's ``get_lstm_params`` for every layer, and the head ``W_hq`` ~ N(0, 0.01^2), ``b_q`` = 0.
+                embed_dim: int = 0, cell: str = "lstm", proj_size: int = 0, forget_bias: float = 0.0) -> Params:
+    """The cell's parameters for every layer (d2l's ``get_lstm_params`` for the LSTM), and the
+    head ``W_hq`` ~ N(0, 0.01^2), ``b_q`` = 0.
 
     With ``embed_dim`` an embedding table ``embed`` (V, E) ~ N(0, 1), as
     PyTorch's and flax's, comes first and layer 0's input weights are (E, H).
     """
-    V, H = vocab_size, num_hiddens
-    keys = jax.random.split(key, len(lstm.PARAM_NAMES))  # one per d2l array, head included
-    params = {**lstm.init_layer(keys[:12], embed_dim or V, H),
-              "W_hq": 0.01 * jax.random.normal(keys[12], (H, V)), "b_q": jnp.zeros((V,))}
+    c, o = cells.get(cell), Options(num_hiddens, proj_size, forget_bias)
+    out = c.state_sizes(o)[0]  # what the next layer and the head see
+    head_key = jax.random.split(key, 14)[12]  # d2l's 14 draws: 12 for the gates, then W_hq
+    params = {**c.init(key, embed_dim or vocab_size, o), "W_hq": cells.normal(head_key, (out, vocab_size)),
+              "b_q": jnp.zeros((vocab_size,))}
     for l in range(1, num_layers):
-        params[layer_key(l)] = lstm.init_layer(jax.random.split(jax.random.fold_in(key, l), 14)[:12], H, H)
+        params[layer_key(l)] = c.init(jax.random.fold_in(key, l), out, o)
     if embed_dim:
-        params["embed"] = jax.random.normal(jax.random.fold_in(key, 10_000), (V, embed_dim))
+        params["embed"] = jax.random.normal(jax.random.fold_in(key, 10_000), (vocab_size, embed_dim))
     return params
 
 
@@ -177,46 +197,61 @@ def layer_input(params: Params, tokens_TxB: jax.Array, key, rate: float) -> jax.
     return dropout(key, 0, jnp.take(params["embed"], tokens_TxB, axis=0), rate)
 
 
-def reference_apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None, rate: float = 0.0
-                    ) -> tuple[jax.Array, LSTMState]:
-    """Logits (B, T, V) and every layer's final state by autodiff-able ``lax.scan`` of ``lstm_step``."""
+def _layer_state(state, l: int):
+    return jax.tree.map(lambda a: a[:, l], state)
+
+
+def _stack_layers(finals):
+    return jax.tree.map(lambda *a: jnp.stack(a, 1), *finals)
+
+
+def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: float = 0.0,
+                    cell: str = "lstm"):
+    """Logits (B, T, V) and every layer's final state by autodiff-able ``lax.scan`` of the cell's step."""
+    c = cells.get(cell)
     x = layer_input(params, tokens_BxT.T, key, rate)  # time-major, as the scan runs
-    hs, cs = [], []
+    finals = []
     for l in range(num_layers(params)):
         if l:
             x = dropout(key, l, x, rate)
         p = layer(params, l)
-        (h, c), x = jax.lax.scan(lambda carry, x_t: lstm.lstm_step(p, carry, x_t), (state.h[:, l], state.c[:, l]), x)
-        hs.append(h)
-        cs.append(c)
-    x = dropout(key, len(hs), x, rate)
+        s, x = jax.lax.scan(lambda s, x_t: c.step(p, s, x_t), c.State(*_layer_state(state, l)), x)
+        finals.append(s)
+    x = dropout(key, len(finals), x, rate)
     logits_TxBxV = x @ params["W_hq"] + params["b_q"]
-    return jnp.swapaxes(logits_TxBxV, 0, 1), LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))
+    return jnp.swapaxes(logits_TxBxV, 0, 1), _stack_layers(finals)
 
 
-def fast_apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None, rate: float = 0.0,
-               lanes: int | None = None) -> tuple[jax.Array, LSTMState]:
-    """:func:`reference_apply` through the fast path (same key, same dropout, same function).
+def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: float = 0.0,
+               lanes: int | None = None, cell: str = "lstm"):
+    """:func:`reference_apply` through the engine (same key, same dropout, same function).
 
     Each layer's input projection is one product over all time steps, before
-    its recurrence; the last layer's output layer is inside its custom VJP
-    unless dropout stands between them. ``lanes`` (default
-    :func:`fast_lstm.default_lanes`) splits the batch rows into independent
+    its recurrence; the LSTM's last layer has the output layer inside its custom
+    VJP unless dropout stands between them. ``lanes`` (default
+    :func:`engine.default_lanes`) splits the batch rows into independent
     chains; it changes the schedule, not the result.
     """
+    c = cells.get(cell)
+    eng = c.engine
+    if eng is None:
+        raise ValueError(f"cell {cell!r} has no engine form; run it with impl='reference'")
     B = tokens_BxT.shape[0]
-    lanes = fast_lstm.default_lanes(B, params["W_hi"].shape[0]) if lanes is None else lanes
+    lanes = engine.default_lanes(B, state[0].shape[-1]) if lanes is None else lanes
     if B % lanes:
         raise ValueError(f"lanes={lanes} does not divide the batch size {B}")
     L = num_layers(params)
     drop = key is not None and rate > 0
+    fused_head = eng.kernel == "lstm" and not drop
     split = lambda a, axis: tuple(jnp.split(a, lanes, axis=axis))
     tokens_TxB = tokens_BxT.T
     if "embed" in params:  # dropped out as a whole, then cut into lanes
         x_TxBxD = split(layer_input(params, tokens_TxB, key, rate), 1)
-    hs, cs = [], []
+    finals = []
     for l in range(L):
-        W_x, W_h, b = fast_lstm.stacked(layer(params, l))
+        p = layer(params, l)
+        (W_x, b), W_h = eng.input_weights(p), eng.recurrent_weights(p)
+        b = jnp.zeros(W_x.shape[-1], W_x.dtype) if b is None else b
         if l == 0 and "embed" not in params:  # a row lookup instead of the one-hot product (same math)
             xp = tuple(jnp.take(W_x, t, axis=0) + b for t in split(tokens_TxB, 1))
         else:
@@ -224,31 +259,37 @@ def fast_apply(params: Params, state: LSTMState, tokens_BxT: jax.Array, key=None
                 mask = split(dropout_mask(key, l, (tokens_TxB.shape[0], B, W_h.shape[0]), rate,
                                           x_TxBxD[0].dtype), 1)
                 x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
-            xp = fast_lstm.input_projection(*fast_lstm.same_vma((x_TxBxD, W_x, b)))
-        h0, c0 = split(state.h[:, l], 0), split(state.c[:, l], 0)
-        if l == L - 1 and not drop:
-            logits, h, c = fast_lstm.recurrence_and_head(
-                *fast_lstm.same_vma((xp, W_h, params["W_hq"], params["b_q"], h0, c0)))
+            xp = engine.input_projection(*engine.same_vma((x_TxBxD, W_x, b)))
+        s0 = tuple(c.State(*parts) for parts in zip(*(split(a[:, l], 0) for a in state)))
+        if eng.kernel != "lstm":
+            x_TxBxD, final = engine.cell_recurrence(
+                eng.pointwise, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
+        elif l == L - 1 and fused_head:
+            logits, h, cc = engine.recurrence_and_head(*engine.same_vma(
+                (xp, W_h, params["W_hq"], params["b_q"], tuple(s.h for s in s0), tuple(s.c for s in s0))))
+            final = tuple(map(LSTMState, h, cc))
         else:
-            x_TxBxD, h, c = fast_lstm.recurrence(*fast_lstm.same_vma((xp, W_h, h0, c0)))
-        hs.append(jnp.concatenate(h))
-        cs.append(jnp.concatenate(c))
-    if drop:
+            x_TxBxD, h, cc = engine.recurrence(
+                *engine.same_vma((xp, W_h, tuple(s.h for s in s0), tuple(s.c for s in s0))))
+            final = tuple(map(LSTMState, h, cc))
+        finals.append(jax.tree.map(lambda *a: jnp.concatenate(a), *final))
+    if fused_head:
+        logits_BxTxV = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
+    else:
         x = dropout(key, L, jnp.concatenate(x_TxBxD, axis=1), rate)
         logits_BxTxV = jnp.swapaxes(x @ params["W_hq"] + params["b_q"], 0, 1)
-    else:
-        logits_BxTxV = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
-    return logits_BxTxV, LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))
+    return logits_BxTxV, _stack_layers(finals)
 
 
 # ---------------------------------------------------------------------------
-# The concise model: flax's own cell
+# The concise model: flax's own cells
 # ---------------------------------------------------------------------------
 
 
-class ConciseLSTM(nn.Module):
-    """d2l's concise model: library LSTM layers over one-hot (or embedded) inputs, then a dense head."""
+class ConciseModel(nn.Module):
+    """d2l's concise model: library recurrent layers over one-hot (or embedded) inputs, then a dense head."""
 
+    cell: str
     vocab_size: int
     num_hiddens: int
     num_layers: int = 1
@@ -257,27 +298,28 @@ class ConciseLSTM(nn.Module):
     dtype: Any = None  # compute dtype; None follows the parameters
 
     @nn.compact
-    def __call__(self, state: LSTMState, tokens_BxT: jax.Array, key=None):
-        dtype = self.dtype or state.h.dtype
+    def __call__(self, state, tokens_BxT: jax.Array, key=None):
+        dtype = self.dtype or state[0].dtype
         if self.embed_dim:
             x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                          name="embed")(tokens_BxT)
             x = _dropout_batch_major(key, 0, x, self.dropout)
         else:
             x = jax.nn.one_hot(tokens_BxT, self.vocab_size, dtype=dtype)
-        hs, cs = [], []
+        is_lstm = self.cell == "lstm"
+        finals = []
         for l in range(self.num_layers):
             if l:
                 x = _dropout_batch_major(key, l, x, self.dropout)
-            cell = nn.OptimizedLSTMCell(self.num_hiddens, dtype=self.dtype, param_dtype=jnp.float32,
-                                        name=_flax_layer(l))
-            # flax's carry is (c, h); ours is d2l's (h, c).
-            (c, h), x = nn.RNN(cell, return_carry=True)(x, initial_carry=(state.c[:, l], state.h[:, l]))
-            hs.append(h)
-            cs.append(c)
+            flax_cell = getattr(nn, FLAX_CELLS[self.cell])(self.num_hiddens, dtype=self.dtype,
+                                                           param_dtype=jnp.float32, name=_flax_layer(l, self.cell))
+            s = _layer_state(state, l)
+            # flax's LSTM carry is (c, h); ours is d2l's (h, c).
+            carry, x = nn.RNN(flax_cell, return_carry=True)(x, initial_carry=(s.c, s.h) if is_lstm else s.h)
+            finals.append(LSTMState(carry[1], carry[0]) if is_lstm else cells.HState(carry))
         x = _dropout_batch_major(key, self.num_layers, x, self.dropout)
         logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
-        return logits, LSTMState(jnp.stack(hs, 1), jnp.stack(cs, 1))
+        return logits, _stack_layers(finals)
 
 
 def _dropout_batch_major(key, site, x_BxTxD, rate):
@@ -285,8 +327,8 @@ def _dropout_batch_major(key, site, x_BxTxD, rate):
     return jnp.swapaxes(dropout(key, site, jnp.swapaxes(x_BxTxD, 0, 1), rate), 0, 1)
 
 
-def _flax_layer(l: int) -> str:
-    return "lstm" if l == 0 else f"lstm_{l}"
+def _flax_layer(l: int, cell: str = "lstm") -> str:
+    return cell if l == 0 else f"{cell}_{l}"
 
 
 # The same weights in both layouts: d2l's gates (i, f, o, c~) are flax's (i, f, o, g);

@@ -74,7 +74,7 @@ def test_stacked_layers_feed_each_other():
     x, hs = tokens.T, []
     for l in range(2):
         p = models.layer(params, l)
-        (h, c), x = jax.lax.scan(lambda carry, x_t: lstm.lstm_step(p, carry, x_t), (state.h[:, l], state.c[:, l]), x)
+        (h, c), x = jax.lax.scan(lambda carry, x_t: lstm.lstm_step(p, carry, x_t), LSTMState(state.h[:, l], state.c[:, l]), x)
         hs.append((h, c))
     np.testing.assert_allclose(logits, jnp.swapaxes(x, 0, 1) @ params["W_hq"] + params["b_q"], rtol=1e-6)
     for l, (h, c) in enumerate(hs):
@@ -112,7 +112,7 @@ def test_check_grads_sequence_loss_float64(num_layers, embed_dim, order):
     with jax.enable_x64(True):
         params, state, tokens = random_inputs(2, jnp.float64, num_layers=num_layers, embed_dim=embed_dim)
         targets = jnp.roll(tokens, -1, axis=1)
-        # The reference (autodiff) path; tests/test_fast_lstm.py checks the fast path against it.
+        # The reference (autodiff) path; tests/test_engine.py checks the fast path against it.
         model = models.make_model("scratch", V, H, impl="reference", num_layers=num_layers,
                                   embed_dim=embed_dim, dropout=0.3)
         key = jax.random.key(5)
@@ -169,7 +169,7 @@ def test_concise_default_runs_flax_cell():
     params, state, tokens = random_inputs(5)
     flax_params = models.scratch_to_concise(params)
     concise = models.make_model("concise", V, H)
-    module = models.ConciseLSTM(V, H)
+    module = models.ConciseModel("lstm", V, H)
     np.testing.assert_array_equal(concise.apply(flax_params, state, tokens)[0],
                                   module.apply(flax_params, state, tokens)[0])
     jaxpr = str(jax.make_jaxpr(concise.apply)(flax_params, state, tokens))

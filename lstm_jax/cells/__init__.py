@@ -1,9 +1,86 @@
 """Recurrent cells: each is its parameters, its state (a NamedTuple) and one time step.
 
-Today one cell, d2l's LSTM (:mod:`lstm_jax.cells.lstm`); the stacked model in
-:mod:`lstm_jax.models` and everything above it never ask which cell they run.
+A :class:`Cell` is data: ``init`` draws one layer's parameters (d2l's names where d2l
+has the cell), ``state_sizes`` gives the width of each state field (field 0 is ``h``,
+what the next layer and the head see), ``step`` is the definition, one time step as
+the paper writes it. Cells whose step is "one product ``h W_h`` for all gates, then
+elementwise work" also describe themselves to the recurrence engine
+(:class:`Engine`, run by :mod:`lstm_jax.engine`). The stacked model
+(:mod:`lstm_jax.models`) and everything above it never ask which cell they run.
 """
 
-from lstm_jax.cells import lstm  # noqa: F401  (the registry: lstm_jax.cells.lstm)
+from __future__ import annotations
 
-NAMES = ("lstm",)
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Options(NamedTuple):
+    """What a cell's shapes and initialization may depend on besides its input size."""
+
+    num_hiddens: int
+    proj_size: int = 0  # lstm_proj: the projected h's size
+    forget_bias: float = 0.0  # the LSTM family's forget-gate bias at initialization
+
+
+class HState(NamedTuple):
+    """The state of a cell that carries only its hidden state (RNN, GRU); each (B, L, H) stacked."""
+
+    h: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """A cell as the engine runs it: ``xp = x W_x + b`` for all steps before the loop, then per
+    step ``state = pointwise(q, xp_t, h_{t-1} W_h, state)``; ``q`` are the elementwise
+    parameters (peepholes, norms, recurrent biases), ``{}`` if none."""
+
+    input_weights: Callable  # params -> (W_x (D, G), b (G,))
+    recurrent_weights: Callable  # params -> W_h (H, G)
+    pointwise_params: Callable  # params -> q
+    pointwise: Callable  # (q, xp_BxG, hh_BxG, state) -> state
+    kernel: str = "vjp"  # the backward step: "vjp" (jax.vjp of pointwise) or "lstm" (hand-written)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    name: str
+    State: type  # a NamedTuple class; field 0 is h
+    init: Callable  # (key, input_size, Options) -> one layer's parameters
+    state_sizes: Callable  # Options -> State of ints
+    step: Callable  # (params, state, x_t) -> (state, h): x_t is ids (B,) or vectors (B, D)
+    engine: Engine | None = None
+    paper: str = ""
+
+
+def project(W_DxH: jax.Array, x_t: jax.Array) -> jax.Array:
+    """``x_t W``: token ids (d2l's one-hot input) take rows of ``W`` instead of the product."""
+    return jnp.take(W_DxH, x_t, axis=0) if jnp.issubdtype(x_t.dtype, jnp.integer) else x_t @ W_DxH
+
+
+def normal(key, shape, std=0.01):
+    """d2l's ``normal``: weights ~ N(0, 0.01^2)."""
+    return std * jax.random.normal(key, shape)
+
+
+def stack(params: dict, prefix: str, gates: str) -> jax.Array:
+    """Per-gate arrays ``<prefix><g>`` side by side along the last axis, in ``gates`` order."""
+    return jnp.concatenate([params[f"{prefix}{g}"] for g in gates], axis=-1)
+
+
+def _registry() -> dict[str, Cell]:
+    from lstm_jax.cells import gru, lstm, rnn
+
+    cells = (*lstm.CELLS, *gru.CELLS, *rnn.CELLS)
+    return {c.name: c for c in cells}
+
+
+CELLS = _registry()
+NAMES = tuple(CELLS)
+
+
+def get(name: str) -> Cell:
+    return CELLS[name]

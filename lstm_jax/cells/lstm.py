@@ -1,8 +1,8 @@
-"""d2l's LSTM cell as pure functions: its parameters, its state and one time step.
+"""The LSTM family: d2l's LSTM and the variants Greff et al. 2015 compared, as pure functions.
 
-The stacked language model around it (embedding, layers, dropout, head) is
-:mod:`lstm_jax.models`; its fast path is :mod:`lstm_jax.fast_lstm`.
-Shapes are in the names: B batch, H hidden units, D inputs.
+Gates in d2l's order: input I, forget F, output O, candidate C~; per gate ``W_x<g>``
+(D, H), ``W_h<g>`` (H, H), ``b_<g>`` (H,). Shapes are in the names: B batch, H hidden
+units, D inputs, P projection.
 """
 
 from __future__ import annotations
@@ -12,51 +12,183 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lstm_jax.cells import Cell, Engine, Options, normal, project, stack
+
 # d2l's 14 arrays of a one-layer model, in d2l's order: input, forget, output gate, candidate, head.
 PARAM_NAMES = ("W_xi", "W_hi", "b_i", "W_xf", "W_hf", "b_f", "W_xo", "W_ho", "b_o",
                "W_xc", "W_hc", "b_c", "W_hq", "b_q")
 LAYER_NAMES = PARAM_NAMES[:12]  # one layer's gates
-GATES = ("i", "f", "o", "c")
+GATES = "ifoc"
 
 
 class LSTMState(NamedTuple):
-    """The recurrent state, d2l's ``(H, C)`` for every layer: each (B, L, H)."""
+    """The recurrent state, d2l's ``(H, C)``; in a stacked model each is (B, L, H)."""
 
     h: jax.Array
     c: jax.Array
 
 
-def init_layer(keys, input_size: int, num_hiddens: int) -> dict:
-    """One layer's gates as d2l's ``get_lstm_params``: weights ~ N(0, 0.01^2), zero biases.
-
-    ``keys`` has one key per name of ``LAYER_NAMES`` (d2l draws one per array).
-    """
-    keys = dict(zip(LAYER_NAMES, keys))
+def _gates(key, D: int, H: int, o: Options, gates: str = GATES, recurrent: int | None = None) -> dict:
+    """d2l's ``get_lstm_params`` for ``gates``: weights ~ N(0, 0.01^2), one key per array (d2l's
+    draw), zero biases except the forget gate's (``forget_bias``; Jozefowicz et al. 2015: 1)."""
+    keys = iter(jax.random.split(key, 14))
     out = {}
-    for g in GATES:
-        out[f"W_x{g}"] = 0.01 * jax.random.normal(keys[f"W_x{g}"], (input_size, num_hiddens))
-        out[f"W_h{g}"] = 0.01 * jax.random.normal(keys[f"W_h{g}"], (num_hiddens, num_hiddens))
-        out[f"b_{g}"] = jnp.zeros((num_hiddens,))
-    return {n: out[n] for n in LAYER_NAMES}
+    for g in gates:
+        out[f"W_x{g}"] = normal(next(keys), (D, H))
+        out[f"W_h{g}"] = normal(next(keys), (recurrent or H, H))
+        next(keys)  # d2l draws one for the bias too
+        out[f"b_{g}"] = jnp.full((H,), o.forget_bias if g == "f" else 0.0)
+    return out
+
+
+def _sizes(o: Options) -> LSTMState:
+    return LSTMState(o.num_hiddens, o.num_hiddens)
+
+
+def _z(p, h, x_t, g):
+    return project(p[f"W_x{g}"], x_t) + h @ p[f"W_h{g}"] + p[f"b_{g}"]
 
 
 def lstm_step(params: dict, carry: tuple, x_t: jax.Array) -> tuple[tuple, jax.Array]:
-    """One time step of one layer: ``carry = (h, c)``, each (B, H).
-
-    ``x_t`` is either token ids (B,) or input vectors (B, D). d2l multiplies a
-    one-hot input by ``W_x*``; taking row ``x_t`` of ``W_x*`` is the same
-    result without the (B, V) x (V, H) product.
-    """
-    p = params
-    h, c = carry
-    if jnp.issubdtype(x_t.dtype, jnp.integer):
-        x = lambda g: jnp.take(p[f"W_x{g}"], x_t, axis=0)
-    else:
-        x = lambda g: x_t @ p[f"W_x{g}"]
-    I = jax.nn.sigmoid(x("i") + h @ p["W_hi"] + p["b_i"])
-    F = jax.nn.sigmoid(x("f") + h @ p["W_hf"] + p["b_f"])
-    O = jax.nn.sigmoid(x("o") + h @ p["W_ho"] + p["b_o"])
-    C_tilde = jnp.tanh(x("c") + h @ p["W_hc"] + p["b_c"])
+    """d2l's ``lstm``, one time step of one layer: ``carry = (h, c)``, each (B, H)."""
+    p, (h, c) = params, carry
+    I, F, O = (jax.nn.sigmoid(_z(p, h, x_t, g)) for g in "ifo")
+    C_tilde = jnp.tanh(_z(p, h, x_t, "c"))
     c = F * c + I * C_tilde
     h = O * jnp.tanh(c)
-    return (h, c), h
+    return LSTMState(h, c), h
+
+
+def _split(z, n):
+    H = z.shape[-1] // n
+    return [z[..., k * H:(k + 1) * H] for k in range(n)]
+
+
+def _lstm_pointwise(q, xp, hh, s):
+    I, F, O, C = _split(xp + hh, 4)
+    c = jax.nn.sigmoid(F) * s.c + jax.nn.sigmoid(I) * jnp.tanh(C)
+    return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
+
+
+def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, kernel="vjp"):
+    return Engine(lambda p: (stack(p, "W_x", gates), stack(p, "b_", gates) if bias else None),
+                  lambda p: stack(p, "W_h", gates), q, pointwise, kernel)
+
+
+LSTM = Cell("lstm", LSTMState, lambda key, D, o: _gates(key, D, o.num_hiddens, o), _sizes, lstm_step,
+            _engine(kernel="lstm"), "d2l 10.1 (Hochreiter & Schmidhuber 1997, with a forget gate)")
+
+
+# --- peepholes (Gers & Schmidhuber 2000; Greff's "vanilla"): i, f see c_{t-1}, o sees c_t
+
+def _peephole_init(key, D, o):
+    k = jax.random.split(jax.random.fold_in(key, 1), 3)
+    return {**_gates(key, D, o.num_hiddens, o),
+            **{f"w_c{g}": normal(k[n], (o.num_hiddens,)) for n, g in enumerate("ifo")}}
+
+
+def _peephole_pointwise(q, xp, hh, s):
+    zi, zf, zo, zc = _split(xp + hh, 4)
+    c = jax.nn.sigmoid(zf + q["w_cf"] * s.c) * s.c + jax.nn.sigmoid(zi + q["w_ci"] * s.c) * jnp.tanh(zc)
+    return LSTMState(jax.nn.sigmoid(zo + q["w_co"] * c) * jnp.tanh(c), c)
+
+
+def _peephole_step(p, s, x_t):
+    z = {g: _z(p, s[0], x_t, g) for g in GATES}
+    I = jax.nn.sigmoid(z["i"] + p["w_ci"] * s[1])
+    F = jax.nn.sigmoid(z["f"] + p["w_cf"] * s[1])
+    c = F * s[1] + I * jnp.tanh(z["c"])
+    O = jax.nn.sigmoid(z["o"] + p["w_co"] * c)
+    h = O * jnp.tanh(c)
+    return LSTMState(h, c), h
+
+
+PEEPHOLE = Cell("lstm_peephole", LSTMState, _peephole_init, _sizes, _peephole_step,
+                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}),
+                "Gers & Schmidhuber 2000; Greff et al. 2015 (vanilla LSTM)")
+
+
+# --- coupled input and forget gate (Greff's CIFG): F = 1 - I, no forget-gate parameters
+
+def _cifg_step(p, s, x_t):
+    I, O = (jax.nn.sigmoid(_z(p, s[0], x_t, g)) for g in "io")
+    c = (1 - I) * s[1] + I * jnp.tanh(_z(p, s[0], x_t, "c"))
+    h = O * jnp.tanh(c)
+    return LSTMState(h, c), h
+
+
+def _cifg_pointwise(q, xp, hh, s):
+    I, O, C = _split(xp + hh, 3)
+    I = jax.nn.sigmoid(I)
+    c = (1 - I) * s.c + I * jnp.tanh(C)
+    return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
+
+
+CIFG = Cell("lstm_cifg", LSTMState, lambda key, D, o: _gates(key, D, o.num_hiddens, o, "ioc"), _sizes,
+            _cifg_step, _engine("ioc", _cifg_pointwise), "Greff et al. 2015 (CIFG)")
+
+
+# --- layer normalization (Ba et al. 2016), placed as PyTorch's benchmarks/fastrnns/custom_lstms.py
+# LayerNormLSTMCell: LN(x W_x) + LN(h W_h) over all four gates' columns (LN's bias is the gate
+# bias), and the new cell state is LN(f c + i c~) (the normalized c is carried).
+
+LN_EPS = 1e-5
+
+
+def layer_norm(z, gain, bias):
+    mean = z.mean(-1, keepdims=True)
+    var = jnp.square(z - mean).mean(-1, keepdims=True)
+    return (z - mean) * jax.lax.rsqrt(var + LN_EPS) * gain + bias
+
+
+def _layernorm_init(key, D, o):
+    H = o.num_hiddens
+    p = {k: v for k, v in _gates(key, D, H, o).items() if not k.startswith("b_")}
+    bias = jnp.zeros((4 * H,)).at[H:2 * H].set(o.forget_bias)
+    return {**p, "ln_x_gain": jnp.ones((4 * H,)), "ln_x_bias": bias, "ln_h_gain": jnp.ones((4 * H,)),
+            "ln_h_bias": jnp.zeros((4 * H,)), "ln_c_gain": jnp.ones((H,)), "ln_c_bias": jnp.zeros((H,))}
+
+
+def _layernorm_pointwise(q, xp, hh, s):
+    z = layer_norm(xp, q["ln_x_gain"], q["ln_x_bias"]) + layer_norm(hh, q["ln_h_gain"], q["ln_h_bias"])
+    I, F, O, C = _split(z, 4)
+    c = layer_norm(jax.nn.sigmoid(F) * s.c + jax.nn.sigmoid(I) * jnp.tanh(C), q["ln_c_gain"], q["ln_c_bias"])
+    return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
+
+
+def _layernorm_q(p):
+    return {k: p[k] for k in p if k.startswith("ln_")}
+
+
+def _layernorm_step(p, s, x_t):
+    xp = project(stack(p, "W_x", GATES), x_t)
+    new = _layernorm_pointwise(_layernorm_q(p), xp, s[0] @ stack(p, "W_h", GATES), LSTMState(*s))
+    return new, new.h
+
+
+LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, _layernorm_step,
+                 _engine(pointwise=_layernorm_pointwise, q=_layernorm_q, bias=False),
+                 "Ba et al. 2016 (placement of PyTorch's custom_lstms.py LayerNormLSTMCell)")
+
+
+# --- LSTMP (Sak et al. 2014): h_t = (o * tanh(c_t)) W_hr, (B, P); the recurrence and the next
+# layer see the projected h. A second product inside the step: not an engine cell.
+
+def _proj_init(key, D, o):
+    P = o.proj_size or o.num_hiddens
+    return {**_gates(key, D, o.num_hiddens, o, recurrent=P),
+            "W_hr": normal(jax.random.fold_in(key, 2), (o.num_hiddens, P))}
+
+
+def _proj_step(p, s, x_t):
+    I, F, O = (jax.nn.sigmoid(_z(p, s[0], x_t, g)) for g in "ifo")
+    c = F * s[1] + I * jnp.tanh(_z(p, s[0], x_t, "c"))
+    h = (O * jnp.tanh(c)) @ p["W_hr"]
+    return LSTMState(h, c), h
+
+
+PROJ = Cell("lstm_proj", LSTMState, _proj_init,
+            lambda o: LSTMState(o.proj_size or o.num_hiddens, o.num_hiddens), _proj_step, None,
+            "Sak et al. 2014 (LSTMP; PyTorch's nn.LSTM(proj_size=...))")
+
+CELLS = (LSTM, PEEPHOLE, CIFG, LAYERNORM, PROJ)

@@ -11,19 +11,19 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from conftest import assert_trees_close
-from lstm_jax import fast_lstm, models
+from lstm_jax import engine, models
 from lstm_jax.cells import lstm
 from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.steps import loss_fn
 
 V, H, B, T = 7, 6, 4, 5
-default_lanes = fast_lstm.default_lanes  # before the fixture below replaces it
+default_lanes = engine.default_lanes  # before the fixture below replaces it
 
 
 @pytest.fixture(autouse=True)
 def two_lanes(monkeypatch):
     """The batch in two lanes (as on a 2-core CPU at d2l's batch size), unless a test says otherwise."""
-    monkeypatch.setattr(fast_lstm, "default_lanes", lambda batch_size, num_hiddens=0: 2 if batch_size % 2 == 0 else 1)
+    monkeypatch.setattr(engine, "default_lanes", lambda batch_size, num_hiddens=0: 2 if batch_size % 2 == 0 else 1)
 
 
 def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False, num_layers=1, embed_dim=0):
@@ -72,7 +72,7 @@ def test_same_loss_and_gradients_float64(fresh, final_state_weight, lanes, trans
     # final_state_weight > 0 also checks the cotangents of the returned state;
     # lanes = 4 runs each of the B = 4 rows as its own chain. transposed_h: both ways
     # of forming the weight gradient (the fast path picks one by rows per lane).
-    monkeypatch.setattr(fast_lstm, "_stores_transposed_h", lambda lane_rows: transposed_h)
+    monkeypatch.setattr(engine, "_stores_transposed_h", lambda lane_rows: transposed_h)
     with jax.enable_x64(True):
         inputs = random_inputs(1, jnp.float64, fresh=fresh)
         loss_r, grads_r = loss_and_grads("reference", *inputs, final_state_weight=final_state_weight)
@@ -134,15 +134,15 @@ def test_check_grads_float64():
 @pytest.mark.parametrize("num_steps", [T, 6, 7])  # 5 steps per loop iteration; 3; 1
 @pytest.mark.parametrize("transposed_h", [True, False])
 def test_check_grads_recurrence_and_head_float64(num_steps, transposed_h, monkeypatch):
-    monkeypatch.setattr(fast_lstm, "_stores_transposed_h", lambda lane_rows: transposed_h)
+    monkeypatch.setattr(engine, "_stores_transposed_h", lambda lane_rows: transposed_h)
     with jax.enable_x64(True):
         k = jax.random.split(jax.random.key(5), 10)
         lanes = lambda shape, i: tuple(jax.random.normal(k[i + j], shape, jnp.float64) for j in range(2))
         xp, h0, c0 = lanes((num_steps, B // 2, 4 * H), 0), lanes((B // 2, H), 2), lanes((B // 2, H), 4)
         W = 0.5 * jax.random.normal(k[6], (H, 4 * H), jnp.float64)
         W_q, b_q = jax.random.normal(k[7], (H, V), jnp.float64), jax.random.normal(k[8], (V,), jnp.float64)
-        check_grads(jax.jit(fast_lstm.recurrence_and_head), (xp, W, W_q, b_q, h0, c0), order=1, modes=("rev",))
-        check_grads(jax.jit(fast_lstm.recurrence), (xp, W, h0, c0), order=1, modes=("rev",))
+        check_grads(jax.jit(engine.recurrence_and_head), (xp, W, W_q, b_q, h0, c0), order=1, modes=("rev",))
+        check_grads(jax.jit(engine.recurrence), (xp, W, h0, c0), order=1, modes=("rev",))
 
 
 def test_one_time_step():
@@ -223,7 +223,7 @@ def test_default_lanes_divide_the_batch(batch_size):
     lanes = default_lanes(batch_size, 256)
     assert lanes >= 1 and batch_size % lanes == 0
     assert lanes == 1 or batch_size // lanes >= 8  # never tiny lanes
-    if batch_size // fast_lstm.LANES < 128:
+    if batch_size // engine.LANES < 128:
         assert default_lanes(batch_size, 1024) == 1  # a product that large spreads over the cores by itself
     else:
         assert default_lanes(batch_size, 1024) > 1  # unless each lane's product is large enough alone

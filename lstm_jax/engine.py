@@ -1,25 +1,89 @@
-"""The LSTM's fast path: the same math as :func:`lstm_jax.models.reference_apply`, with a
-hand-written backward pass (``jax.custom_vjp``); :func:`lstm_jax.models.fast_apply` stacks it.
+"""The recurrence engine: a cell's loop over time with a hand-written backward pass
+(``jax.custom_vjp``), the same function as autodiff of the cell's ``step`` under ``lax.scan``;
+:func:`lstm_jax.models.fast_apply` stacks it.
 
-Why it is fast on a CPU (docs/fast_path.md has the design and the measurements):
-the reverse loop carries only ``(dh, dc)`` and the recurrent weight gradient is
-one product after it; the forward loop forms what each reverse step multiplies
-by while the step's gates are in cache; both loops write their big per-step
-results in place; batch rows are split into lanes, independent chains that
-XLA:CPU runs on different cores; several time steps per loop iteration; all
-four gates from one product and one ``tanh`` (``sigmoid(x) = 1/2 + 1/2 tanh(x/2)``).
+For every engine cell (:class:`lstm_jax.cells.Engine`): the input projection of all
+time steps is one product before the loop (:func:`input_projection`); the loop does the
+recurrent product and the cell's elementwise function; the reverse loop carries only the
+state's gradient and takes the elementwise function's from ``jax.vjp`` of it
+(:func:`cell_recurrence`); the recurrent weight gradient is one product after it. Batch
+rows are split into lanes, independent chains that XLA:CPU runs on different cores, and
+several time steps run per loop iteration.
 
-Layout: the four gates (d2l's order I, F, O, C~) are concatenated along the last
-axis, ``W_x: (D, 4H)``, ``W_h: (H, 4H)``, ``b: (4H,)``. Reverse mode only: use
-``impl="reference"`` for ``jax.jvp``. Shapes: B batch, T time steps, H hidden units, V vocabulary.
+The LSTM has its own kernel (:func:`recurrence`, :func:`recurrence_and_head`): the
+forward loop forms what each reverse step multiplies by while the step's gates are in
+cache, both loops write their big per-step results in place, and all four gates come
+from one ``tanh`` (docs/fast_path.md has the design and the measurements). Layout: the
+gates are concatenated along the last axis, ``W_x: (D, G)``, ``W_h: (H, G)``, ``b: (G,)``.
+Reverse mode only: use ``impl="reference"`` for ``jax.jvp``. Shapes: B batch, T time
+steps, H hidden units, G gate columns, V vocabulary.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from lstm_jax.cells import stack
 from lstm_jax.cells.lstm import GATES
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def cell_recurrence(pointwise, q, xp_TxBxG, W_HxG, state):
+    """Any engine cell over time given its input projections ``xp`` (per lane, like ``state``):
+    ``(h_TxBxH, final_state)`` per lane; differentiable in ``q``, ``xp``, ``W_h`` and ``state``."""
+    h_TxBxH, final, _ = _cell_forward(pointwise, q, xp_TxBxG, W_HxG, state, save=False)
+    return h_TxBxH, final
+
+
+def _cell_forward(pointwise, q, xp_TxBxG, W_HxG, state, save):
+    def step(lanes, xp_t):
+        new, outs = [], []
+        for s, x in zip(lanes, xp_t):
+            hh = s[0] @ W_HxG
+            n = pointwise(q, x, hh, s)
+            new.append(n)
+            outs.append((n[0], hh, s) if save else (n[0],))
+        return tuple(new), tuple(outs)
+
+    final, outs = jax.lax.scan(step, tuple(state), xp_TxBxG, unroll=time_unroll(xp_TxBxG[0].shape[0]))
+    return tuple(o[0] for o in outs), final, outs if save else None
+
+
+def _cell_recurrence_fwd(pointwise, q, xp_TxBxG, W_HxG, state):
+    h_TxBxH, final, saved = _cell_forward(pointwise, q, xp_TxBxG, W_HxG, state, save=True)
+    return (h_TxBxH, final), (q, xp_TxBxG, W_HxG, state, saved)
+
+
+def _cell_recurrence_bwd(pointwise, residuals, cotangents):
+    q, xp_TxBxG, W_HxG, state, saved = residuals
+    dh_TxBxH, dfinal = cotangents
+    W_GxH = jnp.transpose(W_HxG)
+
+    def step(carry, xs):  # last step first
+        dq, lanes = carry
+        new, outs = [], []
+        for ds, (dh_out, x, (_, hh, s_prev)) in zip(lanes, xs):
+            ds = type(ds)(ds[0] + dh_out, *ds[1:])
+            dq_t, dx, dhh, ds_prev = jax.vjp(pointwise, q, x, hh, s_prev)[1](ds)
+            new.append(type(ds_prev)(ds_prev[0] + dhh @ W_GxH, *ds_prev[1:]))
+            dq = jax.tree.map(jnp.add, dq, dq_t)
+            outs.append((dx, dhh))
+        return (dq, tuple(new)), tuple(outs)
+
+    T = xp_TxBxG[0].shape[0]
+    (dq, dstate), outs = jax.lax.scan(step, (jax.tree.map(jnp.zeros_like, q), tuple(dfinal)),
+                                      (dh_TxBxH, xp_TxBxG, saved), reverse=True, unroll=time_unroll(T))
+    H, dt = W_HxG.shape[0], W_HxG.dtype
+    dW = sum(jnp.dot(jnp.concatenate([s0[0][None], h[:-1]]).reshape(-1, H).T, dhh.reshape(-1, dhh.shape[-1]),
+                     preferred_element_type=dt)
+             for s0, (h, _, _), (_, dhh) in zip(state, saved, outs))
+    return dq, tuple(dx for dx, _ in outs), dW, dstate
+
+
+cell_recurrence.defvjp(_cell_recurrence_fwd, _cell_recurrence_bwd)
 
 
 def _gate_scale(num_hiddens: int, dtype) -> jax.Array:
@@ -330,6 +394,5 @@ def _varying_axes(a) -> frozenset:
 
 
 def stacked(params: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One layer's per-gate arrays as ``W_x (D, 4H)``, ``W_h (H, 4H)``, ``b (4H,)``, gates I, F, O, C~."""
-    cat = lambda prefix: jnp.concatenate([params[f"{prefix}{g}"] for g in GATES], axis=-1)
-    return cat("W_x"), cat("W_h"), cat("b_")
+    """One LSTM layer's per-gate arrays as ``W_x (D, 4H)``, ``W_h (H, 4H)``, ``b (4H,)``, gates I, F, O, C~."""
+    return stack(params, "W_x", GATES), stack(params, "W_h", GATES), stack(params, "b_", GATES)
