@@ -65,7 +65,7 @@ def _cell_recurrence_bwd(pointwise, residuals, cotangents):
     def step(carry, xs):  # last step first
         dq, lanes = carry
         new, outs = [], []
-        for ds, (dh_out, x, (_, hh, s_prev)) in zip(lanes, xs):
+        for ds, dh_out, x, (_, hh, s_prev) in zip(lanes, *xs):
             ds = type(ds)(ds[0] + dh_out, *ds[1:])
             dq_t, dx, dhh, ds_prev = jax.vjp(pointwise, q, x, hh, s_prev)[1](ds)
             new.append(type(ds_prev)(ds_prev[0] + dhh @ W_GxH, *ds_prev[1:]))
