@@ -215,7 +215,7 @@ def write_outputs(out: str, config, trials: Sequence[Trial], config_file=None, o
                                                             set(COLUMNS) - {"curve", "failed_epoch", "group_size",
                                                                             "group_tokens_per_sec", "setup_s"})))
     rows, cols = axes_to_plot(trials)
-    title = f"{config.model} LSTM, {config.num_epochs} epochs"
+    title = f"{config.model} {config.cell}, {config.num_epochs} epochs"
     metrics.plot_heatmap(results, os.path.join(out, "heatmap.png"), rows, cols,
                            f"{title}: final {metrics.score_name(results)}")
     metrics.plot_curves(results, os.path.join(out, "curves.png"), rows, cols, title)

@@ -1,4 +1,4 @@
-"""Train an LSTM language model (d2l's ``train_ch8``), from a config file.
+"""Train a recurrent language model (d2l's ``train_ch8``), from a config file.
 
   python -m lstm_jax.train --config experiments/scratch.py
   python -m lstm_jax.train --config experiments/shakespeare.py --config.time_budget_s=180
@@ -40,7 +40,6 @@ import ml_collections
 import numpy as np
 
 from lstm_jax import checkpoint, configs, distributed, metrics, predict, steps
-from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.errors import UserError
 from lstm_jax.experiment import Experiment, check_memory
 
@@ -49,7 +48,7 @@ class Position(NamedTuple):
     """Where a run stands: its train state and data position, and what it has not recorded yet."""
 
     ts: steps.TrainState
-    state: LSTMState
+    state: tuple  # the cell's state (cells.lstm.LSTMState for the LSTM)
     epoch: int  # the epoch in progress (0-based)
     done: int  # its minibatches already trained
     pending: dict  # metrics since the last record: per-minibatch "loss", "grad_norm"; "seconds"
@@ -123,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if not is_main:  # every process trains; only process 0 writes or logs
         log, progress = (lambda message: None), False
     c = exp.config
-    log(f"devices: {distributed.describe()}; model {c.model} ({exp.model.runs}), {c.num_layers} x "
+    log(f"devices: {distributed.describe()}; model {c.model} {c.cell} ({exp.model.runs}), {c.num_layers} x "
         f"{c.num_hiddens} hidden, {exp.model.num_params():,} parameters; vocab {len(exp.corpus.vocab)}, "
         f"{len(exp.corpus.train):,} training tokens ({exp.batches_per_epoch} minibatches of "
         f"{c.batch_size}x{c.num_steps} per epoch), corpus {exp.corpus.source}")
@@ -269,7 +268,7 @@ def _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_save
     is_main = distributed.is_main_process()
     if records and is_main:
         metrics.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
-                                  f"{c.model} LSTM, {c.num_layers} x {c.num_hiddens}, {c.optimizer} lr {c.learning_rate}")
+                                  f"{c.model} {c.cell}, {c.num_layers} x {c.num_hiddens}, {c.optimizer} lr {c.learning_rate}")
     final = records[-1] if records else {}
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     summary = {

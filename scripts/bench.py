@@ -79,7 +79,10 @@ CONFIGS = {
 }
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 JAX_IMPLS = ("scratch", "scratch_reference", "concise", "concise_fast")
-TORCH_IMPLS = ("torch",)
+TORCH_IMPLS = ("torch", "torch_gru", "torch_rnn")
+# --cells: "cell:<name>" runs the scratch model with that cell as training runs it by default;
+# PyTorch's nn.LSTM, nn.GRU and nn.RNN beside their counterparts.
+TORCH_FOR = {"torch": "lstm", "torch_gru": "gru_reset_after", "torch_rnn": "rnn"}
 DEFAULT_IMPLS = ("torch", "scratch", "scratch_reference", "concise", "concise_fast")
 
 
@@ -104,6 +107,10 @@ def make_config(name: str, impl: str):
     c.data.token = spec.get("token", "char")
     c.batches_per_call = 8
     c.model = "concise" if impl.startswith("concise") else "scratch"
+    if impl.startswith("cell:"):
+        c.cell, c.lstm_impl = impl[5:], None
+        c.proj_size = c.num_hiddens // 2 if c.cell == "lstm_proj" else 0
+        return c
     c.lstm_impl = {"scratch": "fast", "concise_fast": "fast"}.get(impl, "reference")
     return c
 
@@ -169,7 +176,7 @@ class TorchRunner:
         self.exp = exp = Experiment.from_config(make_config(config_name, "scratch"))
         c = exp.config
         self.V = V = len(exp.corpus.vocab)
-        self.model = TorchLM(V, c.num_hiddens, c.num_layers, c.embed_dim, c.dropout)
+        self.model = TorchLM(V, c.num_hiddens, c.num_layers, c.embed_dim, c.dropout, TORCH_FOR[impl])
         self.params = list(self.model.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=c.learning_rate)
         self.epoch, self.done, self.state = 0, 0, None
@@ -185,7 +192,9 @@ class TorchRunner:
             b = self.batches.block(self.done, 1)
             X = torch.from_numpy(b.X[0].T.astype(np.int64))  # time-major, as nn.LSTM's default
             Y = torch.from_numpy(b.Y[0].T.astype(np.int64))
-            state = None if self.state is None else tuple(s.detach() for s in self.state)
+            state = self.state
+            if state is not None:  # an LSTM's (h, c), or a GRU's or RNN's h
+                state = state.detach() if isinstance(state, torch.Tensor) else tuple(s.detach() for s in state)
             logits, self.state = self.model(X, state)
             loss = F.cross_entropy(logits.reshape(-1, self.V), Y.reshape(-1))
             self.optimizer.zero_grad()
@@ -320,17 +329,28 @@ def bench_config(name: str, impls: list[str], rounds: int, warmup: int, round_se
         ref = np.median(speeds["torch"])
         for res in results:
             res["vs_torch"] = res["tokens_per_sec_median"] / ref
+    if "cell:lstm" in speeds:  # --cells: each cell's time per token over the LSTM's
+        ref = np.median(speeds["cell:lstm"])
+        for res in results:
+            res["time_vs_lstm"] = ref / res["tokens_per_sec_median"]
+            if res["impl"].startswith("cell:"):
+                model = runners[res["impl"]].exp.model
+                res.update(cell=model.cell, runs=model.runs, num_params=model.num_params())
     return results
 
 
 def format_table(results: list[dict]) -> str:
     head = ("config", "impl", "tokens/s median", "min", "max", "vs torch", "of peak", "steal", "first step s")
+    cells = any("time_vs_lstm" in r for r in results)
+    head += ("runs", "parameters", "time/token vs lstm") if cells else ()
     rows = [head]
     for r in results:
         vs = f"{r['vs_torch']:.2f}" if "vs_torch" in r else "-"
         rows.append((r["config"], r["impl"], f"{r['tokens_per_sec_median']:,.0f}", f"{r['tokens_per_sec_min']:,.0f}",
                      f"{r['tokens_per_sec_max']:,.0f}", vs, f"{100 * r['fraction_of_peak']:.0f}%",
-                     f"{r['steal_percent_median']:.0f}%", f"{r['first_step_s']:.2f}"))
+                     f"{r['steal_percent_median']:.0f}%", f"{r['first_step_s']:.2f}")
+                    + ((r.get("runs", "-"), f"{r['num_params']:,}" if "num_params" in r else "-",
+                        f"{r['time_vs_lstm']:.2f}") if cells else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
@@ -379,6 +399,7 @@ def run_child(args, huge: bool, json_path: str | None, plot: str | None = None, 
         cmd = [sys.executable, os.path.abspath(__file__), "--configs", args.configs, "--rounds", str(args.rounds),
                "--warmup", str(args.warmup), "--round-seconds", str(args.round_seconds), "--json", json_path,
                *(["--impls", args.impls] if args.impls else []), *(["--hiddens", args.hiddens] if args.hiddens else []),
+               *(["--cells", args.cells] if args.cells else []),
                *(["--plot", plot] if plot else [])]
         done = subprocess.run(cmd, env=environment(huge), stdout=subprocess.DEVNULL if quiet else None)
         if done.returncode:
@@ -421,6 +442,8 @@ def main(argv=None):
     parser.add_argument("--configs", default="d2l,big", help=f"comma-separated, of {sorted(CONFIGS)}")
     parser.add_argument("--impls", default=None, help=f"comma-separated, of {JAX_IMPLS + TORCH_IMPLS}; default: "
                         f"{','.join(DEFAULT_IMPLS)} (torch if importable)")
+    parser.add_argument("--cells", default=None, help="'all' or comma-separated cells: each cell's scratch model "
+                        "(as training runs it) with nn.LSTM, nn.GRU and nn.RNN beside them; replaces --impls")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per implementation")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--round-seconds", type=float, default=1.0, help="about how long a round is")
@@ -452,7 +475,17 @@ def main(argv=None):
     has_torch = torch_available()
     impls = [i for i in DEFAULT_IMPLS if has_torch or i not in TORCH_IMPLS] if args.impls is None \
         else args.impls.split(",")
+    if args.cells:
+        from lstm_jax import cells
+
+        names = cells.NAMES if args.cells == "all" else args.cells.split(",")
+        for name in names:
+            if name not in cells.NAMES:
+                parser.error(f"unknown cell {name!r}; choose from {cells.NAMES}")
+        impls = [i for i in TORCH_IMPLS if has_torch] + [f"cell:{n}" for n in names]
     for impl in impls:
+        if impl.startswith("cell:") and args.cells:
+            continue
         if impl not in JAX_IMPLS + TORCH_IMPLS:
             parser.error(f"unknown impl {impl!r}; choose from {JAX_IMPLS + TORCH_IMPLS}")
         if impl in TORCH_IMPLS and not has_torch:

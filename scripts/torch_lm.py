@@ -1,4 +1,5 @@
-"""The PyTorch reference: lstm_jax's stacked LSTM language model as ``torch.nn`` modules.
+"""The PyTorch reference: lstm_jax's stacked language model as ``torch.nn`` modules (``nn.LSTM``,
+and for speed comparisons ``nn.GRU`` and ``nn.RNN``).
 
 One definition for everything that compares lstm_jax with PyTorch (``bench.py``'s speed,
 ``compare_torch.py``'s loss at equal time, ``tests/test_torch.py``'s exact equality), so they
@@ -22,24 +23,27 @@ from torch import nn
 TORCH_GATES = ("i", "f", "c", "o")
 
 
+TORCH_CELLS = {"lstm": nn.LSTM, "gru_reset_after": nn.GRU, "rnn": nn.RNN}  # lstm_jax's cell -> PyTorch's
+
+
 class TorchLM(nn.Module):
     def __init__(self, vocab_size: int, num_hiddens: int, num_layers: int = 1, embed_dim: int = 0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, cell: str = "lstm"):
         super().__init__()
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, embed_dim) if embed_dim else None
         self.drop = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(embed_dim or vocab_size, num_hiddens, num_layers=num_layers,
-                            dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = TORCH_CELLS[cell](embed_dim or vocab_size, num_hiddens, num_layers=num_layers,
+                                     dropout=dropout if num_layers > 1 else 0.0)
         self.head = nn.Linear(num_hiddens, vocab_size)
 
     def forward(self, tokens_TxB: torch.Tensor, state=None):
-        """Logits (T, B, V) and the new ``(h, c)``; ``state=None`` starts from zeros."""
+        """Logits (T, B, V) and the new state (``(h, c)`` for the LSTM); ``state=None`` starts from zeros."""
         if self.embed is not None:
             x = self.drop(self.embed(tokens_TxB))
         else:
             x = nn.functional.one_hot(tokens_TxB, self.vocab_size).to(self.head.weight.dtype)
-        out, state = self.lstm(x, state)
+        out, state = self.rnn(x, state)
         return self.head(self.drop(out)), state
 
 
@@ -53,16 +57,16 @@ def load_params(model: TorchLM, params) -> TorchLM:
     """
     t = lambda a: torch.tensor(np.asarray(a))
     gates = lambda p, prefix: torch.cat([t(p[prefix + g]) for g in TORCH_GATES], dim=-1)  # (in, 4H)
-    L = model.lstm.num_layers
+    L = model.rnn.num_layers
     if 1 + sum(k.startswith("layer") for k in params) != L or (model.embed is None) != ("embed" not in params):
         raise ValueError("the parameters are of another shape of model (layers or embedding)")
     with torch.no_grad():
         for l in range(L):
             p = params if l == 0 else params[f"layer{l}"]
-            getattr(model.lstm, f"weight_ih_l{l}").copy_(gates(p, "W_x").T)
-            getattr(model.lstm, f"weight_hh_l{l}").copy_(gates(p, "W_h").T)
-            getattr(model.lstm, f"bias_ih_l{l}").copy_(gates(p, "b_"))
-            getattr(model.lstm, f"bias_hh_l{l}").zero_()
+            getattr(model.rnn, f"weight_ih_l{l}").copy_(gates(p, "W_x").T)
+            getattr(model.rnn, f"weight_hh_l{l}").copy_(gates(p, "W_h").T)
+            getattr(model.rnn, f"bias_ih_l{l}").copy_(gates(p, "b_"))
+            getattr(model.rnn, f"bias_hh_l{l}").zero_()
         model.head.weight.copy_(t(params["W_hq"]).T)
         model.head.bias.copy_(t(params["b_q"]))
         if model.embed is not None:

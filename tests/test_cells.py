@@ -415,3 +415,58 @@ def test_forget_bias_initializes_the_lstm_familys_forget_gate():
     # the default is d2l's, and today's LSTM draws the same weights as before cells existed
     base = models.init_params(jax.random.key(0), V, H)
     assert not np.any(base["b_f"]) and tuple(base) == cells.lstm.PARAM_NAMES
+
+
+# --------------------------------------------------------------------------
+# Every cell through the whole program: train, stop, resume bit-exactly, sample, evaluate
+# --------------------------------------------------------------------------
+
+
+def lifecycle(config, tmp_path):
+    from conftest import assert_same_params, quiet
+    from lstm_jax import checkpoint, evaluate, predict, train
+    from lstm_jax.metrics import read_metrics
+
+    c = config
+    c.num_layers, c.dropout, c.num_epochs, c.batches_per_call = 2, 0.3, 2, 5
+    c.data.val_fraction, c.data.test_fraction, c.checkpoint_every = 0.1, 0.1, 100
+    whole = train.train_and_evaluate(c, str(tmp_path / "whole"), **quiet)
+    polls = iter(range(10**9))
+    first = train.train_and_evaluate(c, str(tmp_path / "cut"), should_stop=lambda: next(polls) >= 5, **quiet)
+    assert first["interrupted"]
+    c.batches_per_call = 3
+    second = train.train_and_evaluate(c, str(tmp_path / "cut"), **quiet)
+    assert_same_params(second["train_state"], whole["train_state"])
+    rows = lambda d: [(r["step"], r["train_loss"], r.get("val_loss")) for r in read_metrics(str(d / "metrics.jsonl"))]
+    assert rows(tmp_path / "cut") == rows(tmp_path / "whole")
+    assert whole["final_train_ppl"] < 27 and np.isfinite(whole["test_loss"])  # it learned something
+    loaded = checkpoint.load_model(str(tmp_path / "cut"))
+    assert loaded.model.cell == c.cell
+    text = predict.continue_text(loaded.model, loaded.params, loaded.vocab, "time traveller", 20)
+    assert text.startswith("time traveller") and len(text) == len("time traveller") + 20
+    scored = evaluate.evaluate(str(tmp_path / "cut"), "test")
+    assert scored["eval_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
+
+
+def test_a_gru_trains_resumes_samples_and_evaluates(tiny_config, tmp_path):
+    tiny_config.cell = "gru"
+    lifecycle(tiny_config, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in cells.NAMES if n != "gru"])
+def test_every_cell_trains_resumes_samples_and_evaluates(tiny_config, tmp_path, name):
+    tiny_config.cell = name
+    tiny_config.proj_size = 16 if name == "lstm_proj" else 0
+    tiny_config.forget_bias = 1.0 if name == "lstm_peephole" else 0.0
+    lifecycle(tiny_config, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru_reset_after"])
+def test_concise_cells_train(tiny_config, tmp_path, name):
+    from conftest import quiet
+    from lstm_jax import train
+
+    tiny_config.model, tiny_config.cell, tiny_config.num_epochs = "concise", name, 2
+    summary = train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
+    assert summary["final_train_ppl"] < 27

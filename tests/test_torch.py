@@ -46,7 +46,7 @@ def test_scratch_equals_torch_nn_lstm(impl, embed):
             jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, state)
 
     model_t = load_params(TorchLM(V, H, L, E if embed else 0).double(), params)
-    lstm_t, head, emb = model_t.lstm, model_t.head, model_t.embed
+    lstm_t, head, emb = model_t.rnn, model_t.head, model_t.embed
     h0 = torch.tensor(np.asarray(state.h).transpose(1, 0, 2).copy()).requires_grad_()
     c0 = torch.tensor(np.asarray(state.c).transpose(1, 0, 2).copy()).requires_grad_()
     logits_TxBxV, (h, c) = model_t(torch.tensor(tokens.T.copy()), (h0, c0))
