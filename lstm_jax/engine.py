@@ -30,57 +30,65 @@ from lstm_jax.cells import stack
 from lstm_jax.cells.lstm import GATES
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def cell_recurrence(pointwise, q, xp_TxBxG, W_HxG, state):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def cell_recurrence(pointwise, additive: bool, q, xp_TxBxG, W_HxG, state):
     """Any engine cell over time given its input projections ``xp`` (per lane, like ``state``):
-    ``(h_TxBxH, final_state)`` per lane; differentiable in ``q``, ``xp``, ``W_h`` and ``state``."""
-    h_TxBxH, final, _ = _cell_forward(pointwise, q, xp_TxBxG, W_HxG, state, save=False)
+    ``(h_TxBxH, final_state)`` per lane; differentiable in ``q``, ``xp``, ``W_h`` and ``state``.
+
+    ``additive``: ``pointwise`` sees only ``xp + hh`` (the LSTM family, the RNN), so the
+    forward loop saves that sum and the reverse loop's one gradient is both inputs'.
+    """
+    h_TxBxH, final, _ = _cell_forward(pointwise, additive, q, xp_TxBxG, W_HxG, state, save=False)
     return h_TxBxH, final
 
 
-def _cell_forward(pointwise, q, xp_TxBxG, W_HxG, state, save):
+def _cell_forward(pointwise, additive, q, xp_TxBxG, W_HxG, state, save):
+    """With ``save``, each step's inputs to ``pointwise`` (``xp + hh`` when additive) and state."""
     def step(lanes, xp_t):
         new, outs = [], []
         for s, x in zip(lanes, xp_t):
             hh = s[0] @ W_HxG
             n = pointwise(q, x, hh, s)
             new.append(n)
-            outs.append((n[0], hh, s) if save else (n[0],))
+            outs.append((n[0], *((x + hh,) if additive else (x, hh)), s) if save else (n[0],))
         return tuple(new), tuple(outs)
 
-    final, outs = jax.lax.scan(step, tuple(state), xp_TxBxG, unroll=time_unroll(xp_TxBxG[0].shape[0]))
-    return tuple(o[0] for o in outs), final, outs if save else None
+    final, outs = jax.lax.scan(step, tuple(state), xp_TxBxG)
+    return tuple(o[0] for o in outs), final, tuple(o[1:] for o in outs) if save else None
 
 
-def _cell_recurrence_fwd(pointwise, q, xp_TxBxG, W_HxG, state):
-    h_TxBxH, final, saved = _cell_forward(pointwise, q, xp_TxBxG, W_HxG, state, save=True)
-    return (h_TxBxH, final), (q, xp_TxBxG, W_HxG, state, saved)
+def _cell_recurrence_fwd(pointwise, additive, q, xp_TxBxG, W_HxG, state):
+    h_TxBxH, final, saved = _cell_forward(pointwise, additive, q, xp_TxBxG, W_HxG, state, save=True)
+    return (h_TxBxH, final), (q, W_HxG, saved)
 
 
-def _cell_recurrence_bwd(pointwise, residuals, cotangents):
-    q, xp_TxBxG, W_HxG, state, saved = residuals
+def _cell_recurrence_bwd(pointwise, additive, residuals, cotangents):
+    """The reverse loop: ``jax.vjp`` of ``pointwise`` per step (its forward recomputed from the
+    saved inputs: cheaper than saving its residuals, measured), then the recurrent product's
+    input gradient; the weight gradient is one product after the loop. ``q`` enters broadcast
+    to the lane's rows, so its per-step gradient needs no reduction (one sum after the loop)."""
+    q, W_HxG, saved = residuals
     dh_TxBxH, dfinal = cotangents
     W_GxH = jnp.transpose(W_HxG)
+    f = (lambda q, z, s: pointwise(q, z, jnp.zeros_like(z), s)) if additive else pointwise
+    rows = lambda tree, B: jax.tree.map(lambda a: jnp.broadcast_to(a, (B,) + a.shape), tree)
 
-    def step(carry, xs):  # last step first
-        dq, lanes = carry
+    def step(lanes, xs):  # last step first
         new, outs = [], []
-        for ds, dh_out, x, (_, hh, s_prev) in zip(lanes, *xs):
+        for (dq, ds), dh_out, (*inputs, s_prev) in zip(lanes, *xs):
             ds = type(ds)(ds[0] + dh_out, *ds[1:])
-            dq_t, dx, dhh, ds_prev = jax.vjp(pointwise, q, x, hh, s_prev)[1](ds)
-            new.append(type(ds_prev)(ds_prev[0] + dhh @ W_GxH, *ds_prev[1:]))
-            dq = jax.tree.map(jnp.add, dq, dq_t)
-            outs.append((dx, dhh))
-        return (dq, tuple(new)), tuple(outs)
+            dq_t, *d_in, ds_prev = jax.vjp(f, rows(q, ds[0].shape[0]), *inputs, s_prev)[1](ds)
+            new.append((jax.tree.map(jnp.add, dq, dq_t), type(ds_prev)(ds_prev[0] + d_in[-1] @ W_GxH, *ds_prev[1:])))
+            outs.append(tuple(d_in))
+        return tuple(new), tuple(outs)
 
-    T = xp_TxBxG[0].shape[0]
-    (dq, dstate), outs = jax.lax.scan(step, (jax.tree.map(jnp.zeros_like, q), tuple(dfinal)),
-                                      (dh_TxBxH, xp_TxBxG, saved), reverse=True, unroll=time_unroll(T))
+    init = tuple((jax.tree.map(jnp.zeros_like, rows(q, ds[0].shape[0])), ds) for ds in dfinal)
+    final, outs = jax.lax.scan(step, init, (dh_TxBxH, saved), reverse=True)
     H, dt = W_HxG.shape[0], W_HxG.dtype
-    dW = sum(jnp.dot(jnp.concatenate([s0[0][None], h[:-1]]).reshape(-1, H).T, dhh.reshape(-1, dhh.shape[-1]),
-                     preferred_element_type=dt)
-             for s0, (h, _, _), (_, dhh) in zip(state, saved, outs))
-    return dq, tuple(dx for dx, _ in outs), dW, dstate
+    dW = sum(jnp.dot(s_prev[0].reshape(-1, H).T, d[-1].reshape(-1, d[-1].shape[-1]), preferred_element_type=dt)
+             for (*_, s_prev), d in zip(saved, outs))
+    dq = jax.tree.map(lambda *a: sum(x.sum(0) for x in a), *(dq for dq, _ in final))
+    return dq, tuple(d[0] for d in outs), dW, tuple(ds for _, ds in final)
 
 
 cell_recurrence.defvjp(_cell_recurrence_fwd, _cell_recurrence_bwd)

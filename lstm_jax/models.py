@@ -116,14 +116,6 @@ class LanguageModel:
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state
 
 
-def make_model(variant: str, vocab_size: int, num_hiddens: int, dtype: str = "float32",
-               impl: str | None = None, num_layers: int = 1, embed_dim: int = 0,
-               dropout: float = 0.0, cell: str = "lstm", proj_size: int = 0,
-               forget_bias: float = 0.0) -> LanguageModel:
-    return LanguageModel(variant, vocab_size, num_hiddens, dtype, impl, num_layers, embed_dim, dropout,
-                         cell, proj_size, forget_bias)
-
-
 def from_config(config, vocab_size: int) -> LanguageModel:
     c = config
     return LanguageModel(c.model, vocab_size, c.num_hiddens, c.dtype, c.lstm_impl, c.num_layers,
@@ -260,10 +252,12 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: flo
                                           x_TxBxD[0].dtype), 1)
                 x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
             xp = engine.input_projection(*engine.same_vma((x_TxBxD, W_x, b)))
+        if eng.prepare:
+            xp = tuple(eng.prepare(p, x) for x in xp)
         s0 = tuple(c.State(*parts) for parts in zip(*(split(a[:, l], 0) for a in state)))
         if eng.kernel != "lstm":
             x_TxBxD, final = engine.cell_recurrence(
-                eng.pointwise, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
+                eng.pointwise, eng.additive, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
         elif l == L - 1 and fused_head:
             logits, h, cc = engine.recurrence_and_head(*engine.same_vma(
                 (xp, W_h, params["W_hq"], params["b_q"], tuple(s.h for s in s0), tuple(s.c for s in s0))))

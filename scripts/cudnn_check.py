@@ -37,7 +37,7 @@ def ours(impl: str, B, T, H, L, D):
     from lstm_jax import models
     from lstm_jax.cells.lstm import LSTMState
 
-    model = models.make_model("scratch", D, H, impl=impl, num_layers=L, embed_dim=D)
+    model = models.LanguageModel("scratch", D, H, impl=impl, num_layers=L, embed_dim=D)
     params = model.init(jax.random.key(0))
     state = LSTMState(jnp.zeros((B, L, H)), jnp.zeros((B, L, H)))
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, D)

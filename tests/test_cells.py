@@ -275,7 +275,7 @@ def test_lstm_equals_torch_nn_lstm_one_layer():
 
 
 def lm_inputs(name, seed, dtype=jnp.float64, num_layers=2, embed_dim=3):
-    model = models.make_model("scratch", V, H, num_layers=num_layers, embed_dim=embed_dim, cell=name,
+    model = models.LanguageModel("scratch", V, H, num_layers=num_layers, embed_dim=embed_dim, cell=name,
                               proj_size=P if name == "lstm_proj" else 0)
     k = jax.random.split(jax.random.key(seed), 4)
     shapes = jax.eval_shape(model.init, k[0])
@@ -346,7 +346,7 @@ def test_generic_kernel_equals_the_lstm_kernel():
         LSTMState = cells.get("lstm").State
 
         def generic(xp, W, h0, c0):
-            hs, final = engine.cell_recurrence(eng.pointwise, {}, xp, W, tuple(map(LSTMState, h0, c0)))
+            hs, final = engine.cell_recurrence(eng.pointwise, True, {}, xp, W, tuple(map(LSTMState, h0, c0)))
             return sum(jnp.sum(jnp.sin(h)) for h in hs) + sum(jnp.sum(s.h * s.c) for s in final)
 
         def handwritten(xp, W, h0, c0):
@@ -392,7 +392,7 @@ def to_flax(name, params, gradient=False):
 def test_every_cell_trains_a_step_in_every_dtype(name):
     # Stacked, with dropout, in float32 and bfloat16: finite loss and a finite, non-zero gradient.
     for dtype in ("float32", "bfloat16"):
-        model = models.make_model("scratch", V, H, dtype, num_layers=2, dropout=0.3, cell=name,
+        model = models.LanguageModel("scratch", V, H, dtype, num_layers=2, dropout=0.3, cell=name,
                                   proj_size=P if name == "lstm_proj" else 0)
         params = model.init(jax.random.key(0))
         tokens = jax.random.randint(jax.random.key(1), (B, T), 0, V)

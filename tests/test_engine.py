@@ -46,7 +46,7 @@ def random_inputs(seed, dtype=jnp.float32, scale=0.5, fresh=False, num_layers=1,
 def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0, lanes=None, key=None,
                    dropout=0.0):
     """Training loss (optionally + a term on the final state) and its gradients in params and state."""
-    model = models.make_model("scratch", V, H, impl=impl, num_layers=models.num_layers(params),
+    model = models.LanguageModel("scratch", V, H, impl=impl, num_layers=models.num_layers(params),
                               embed_dim=params["embed"].shape[1] if "embed" in params else 0, dropout=dropout)
     apply = model.apply if lanes is None else functools.partial(models.fast_apply, lanes=lanes, rate=dropout)
 
@@ -60,7 +60,7 @@ def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0,
 
 def test_default_impl_is_fast():
     params, state, tokens, _ = random_inputs(0)
-    fast = models.make_model("scratch", V, H)
+    fast = models.LanguageModel("scratch", V, H)
     np.testing.assert_array_equal(jax.jit(fast.apply)(params, state, tokens)[0],
                                   jax.jit(models.fast_apply)(params, state, tokens)[0])
 
@@ -121,7 +121,7 @@ def test_same_outputs_and_final_state():
 def test_check_grads_float64():
     with jax.enable_x64(True):
         params, state, tokens, targets = random_inputs(4, jnp.float64, num_layers=2)
-        model = models.make_model("scratch", V, H, impl="fast", num_layers=2)
+        model = models.LanguageModel("scratch", V, H, impl="fast", num_layers=2)
 
         def loss(p, h, c):
             l, new = loss_fn(model, p, LSTMState(h, c), tokens, targets)
@@ -160,7 +160,7 @@ def test_vmap_over_trials():
     batched = [jax.tree.map(lambda *xs: jnp.stack(xs), *[t[i] for t in trials]) for i in range(4)]
     out = {}
     for impl in ("fast", "reference"):
-        model = models.make_model("scratch", V, H, impl=impl)
+        model = models.LanguageModel("scratch", V, H, impl=impl)
         grad = jax.value_and_grad(lambda p, s, x, y: loss_fn(model, p, s, x, y)[0], argnums=(0, 1))
         out[impl] = jax.jit(jax.vmap(grad))(*batched)
     np.testing.assert_allclose(out["fast"][0], out["reference"][0], rtol=1e-6)
@@ -179,7 +179,7 @@ def test_vmap_with_shared_weights():
 
     grads = {}
     for impl in ("fast", "reference"):
-        model = models.make_model("scratch", V, H, impl=impl)
+        model = models.LanguageModel("scratch", V, H, impl=impl)
         f = lambda p, model=model: jax.vmap(lambda x, y: loss_fn(model, p, state, x, y)[0])(tokens, targets).sum()
         grads[impl] = jax.jit(jax.grad(f))(params)
     assert_trees_close(grads["fast"], grads["reference"], rtol=1e-4, atol=1e-6)
@@ -189,7 +189,7 @@ def test_bfloat16_compute_matches_reference():
     params, state, tokens, targets = random_inputs(7)
     out = {}
     for impl in ("fast", "reference"):
-        model = models.make_model("scratch", V, H, "bfloat16", impl=impl)
+        model = models.LanguageModel("scratch", V, H, "bfloat16", impl=impl)
         grad = jax.value_and_grad(lambda p, s: loss_fn(model, p, s, tokens, targets)[0], argnums=(0, 1))
         out[impl] = jax.jit(grad)(params, state)
     (loss_f, (gp_f, gs_f)), (loss_r, (gp_r, gs_r)) = out["fast"], out["reference"]
@@ -206,7 +206,7 @@ def test_inside_shard_map():
     # The custom VJP must give replicated weights the summed (invariant) gradient.
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     params, state, tokens, targets = random_inputs(8)
-    model = models.make_model("scratch", V, H, impl="fast")
+    model = models.LanguageModel("scratch", V, H, impl="fast")
 
     def local_grads(p, s, x, y):
         return jax.grad(lambda p: loss_fn(model, p, s, x, y)[0])(p)
@@ -248,15 +248,15 @@ def test_concise_fast_is_flax_concise(dtype):
     flax_params = models.scratch_to_concise(params)
     out = {}
     for impl in ("fast", "reference"):
-        model = models.make_model("concise", V, H, dtype, impl=impl)
+        model = models.LanguageModel("concise", V, H, dtype, impl=impl)
         grad = jax.value_and_grad(lambda p, s: loss_fn(model, p, s, tokens, targets)[0], argnums=(0, 1))
         out[impl] = jax.jit(grad)(flax_params, state)
     tol = dict(rtol=1e-4, atol=1e-6) if dtype == "float32" else dict(rtol=0.1, atol=0.05)
     np.testing.assert_allclose(out["fast"][0], out["reference"][0], **tol)
     assert jax.tree.structure(out["fast"][1]) == jax.tree.structure(out["reference"][1])
     assert_trees_close(out["fast"][1], out["reference"][1], **tol)
-    fast = models.make_model("concise", V, H)
-    ref = models.make_model("concise", V, H, impl="reference")
+    fast = models.LanguageModel("concise", V, H)
+    ref = models.LanguageModel("concise", V, H, impl="reference")
     jax.tree.map(np.testing.assert_array_equal, fast.init(jax.random.key(0)), ref.init(jax.random.key(0)))
 
 

@@ -84,8 +84,8 @@ def test_stacked_layers_feed_each_other():
 
 def test_dropout_only_in_training_and_only_off_the_recurrence():
     params, state, tokens = random_inputs(2, num_layers=2, embed_dim=4)
-    model = models.make_model("scratch", V, H, impl="reference", num_layers=2, embed_dim=4, dropout=0.5)
-    plain = models.make_model("scratch", V, H, impl="reference", num_layers=2, embed_dim=4)
+    model = models.LanguageModel("scratch", V, H, impl="reference", num_layers=2, embed_dim=4, dropout=0.5)
+    plain = models.LanguageModel("scratch", V, H, impl="reference", num_layers=2, embed_dim=4)
     eval_logits, _ = model.apply(params, state, tokens)  # no key: evaluation, no dropout
     np.testing.assert_array_equal(eval_logits, plain.apply(params, state, tokens)[0])
     a = model.apply(params, state, tokens, jax.random.key(1))[0]
@@ -113,7 +113,7 @@ def test_check_grads_sequence_loss_float64(num_layers, embed_dim, order):
         params, state, tokens = random_inputs(2, jnp.float64, num_layers=num_layers, embed_dim=embed_dim)
         targets = jnp.roll(tokens, -1, axis=1)
         # The reference (autodiff) path; tests/test_engine.py checks the fast path against it.
-        model = models.make_model("scratch", V, H, impl="reference", num_layers=num_layers,
+        model = models.LanguageModel("scratch", V, H, impl="reference", num_layers=num_layers,
                                   embed_dim=embed_dim, dropout=0.3)
         key = jax.random.key(5)
 
@@ -128,7 +128,7 @@ def test_param_mapping_round_trip():
     for num_layers, embed_dim in ((1, 0), (3, 4)):
         params, _, _ = random_inputs(3, num_layers=num_layers, embed_dim=embed_dim)
         flax_params = models.scratch_to_concise(params)
-        concise = models.make_model("concise", V, H, num_layers=num_layers, embed_dim=embed_dim)
+        concise = models.LanguageModel("concise", V, H, num_layers=num_layers, embed_dim=embed_dim)
         expected = jax.eval_shape(concise.init, jax.random.key(0))
         assert jax.tree.structure(flax_params) == jax.tree.structure(expected)
         assert jax.tree.map(jnp.shape, flax_params) == jax.tree.map(jnp.shape, expected)
@@ -146,8 +146,8 @@ def test_scratch_and_flax_agree_on_logits_loss_and_gradients(seed, scratch_impl,
     targets = jax.random.randint(jax.random.key(seed + 100), (B, T), 0, V)
     key = jax.random.key(seed) if dropout else None
     kw = dict(num_layers=num_layers, embed_dim=embed_dim, dropout=dropout)
-    scratch = models.make_model("scratch", V, H, impl=scratch_impl, **kw)
-    concise = models.make_model("concise", V, H, **kw)
+    scratch = models.LanguageModel("scratch", V, H, impl=scratch_impl, **kw)
+    concise = models.LanguageModel("concise", V, H, **kw)
     flax_params = models.scratch_to_concise(params)
 
     logits_s, state_s = jax.jit(scratch.apply)(params, state, tokens, key)
@@ -168,25 +168,25 @@ def test_concise_default_runs_flax_cell():
     # "concise" is the library's layer: by default its apply IS flax's module, not our fast path.
     params, state, tokens = random_inputs(5)
     flax_params = models.scratch_to_concise(params)
-    concise = models.make_model("concise", V, H)
+    concise = models.LanguageModel("concise", V, H)
     module = models.ConciseModel("lstm", V, H)
     np.testing.assert_array_equal(concise.apply(flax_params, state, tokens)[0],
                                   module.apply(flax_params, state, tokens)[0])
     jaxpr = str(jax.make_jaxpr(concise.apply)(flax_params, state, tokens))
     assert "custom_vjp" not in jaxpr
-    fast = str(jax.make_jaxpr(models.make_model("concise", V, H, impl="fast").apply)(flax_params, state, tokens))
+    fast = str(jax.make_jaxpr(models.LanguageModel("concise", V, H, impl="fast").apply)(flax_params, state, tokens))
     assert "custom_vjp" in fast
 
 
 @pytest.mark.parametrize("variant", ["scratch", "concise"])
 def test_bfloat16_compute_keeps_float32_params_and_logits(variant):
-    model = models.make_model(variant, V, H, "bfloat16")
+    model = models.LanguageModel(variant, V, H, "bfloat16")
     params, state, tokens = random_inputs(6)
     if variant == "concise":
         params = models.scratch_to_concise(params)
     logits, new = model.apply(params, state, tokens)
     assert logits.dtype == jnp.float32 and new.h.dtype == jnp.bfloat16
-    ref, _ = models.make_model(variant, V, H).apply(params, state, tokens)
+    ref, _ = models.LanguageModel(variant, V, H).apply(params, state, tokens)
     scale = float(jnp.abs(ref).max())
     assert scale > 1  # the weights make real logits, so the tolerance below means something
     np.testing.assert_allclose(logits, ref, atol=0.02 * scale)

@@ -35,9 +35,9 @@ def model_and_params(request):
     variant, _, rest = request.param.partition(":")
     impl, _, layers = rest.partition(":")
     layers = int(layers or 1)
-    model = models.make_model(variant, len(VOCAB), 16, impl=impl or None, num_layers=layers)
+    model = models.LanguageModel(variant, len(VOCAB), 16, impl=impl or None, num_layers=layers)
     # Larger random weights than the init, so the continuation is not constant.
-    scratch = models.make_model("scratch", len(VOCAB), 16, num_layers=layers).init(jax.random.key(0))
+    scratch = models.LanguageModel("scratch", len(VOCAB), 16, num_layers=layers).init(jax.random.key(0))
     leaves, tree = jax.tree.flatten(scratch)
     params = jax.tree.unflatten(tree, [1.2 * jax.random.normal(jax.random.key(i), a.shape)
                                        for i, a in enumerate(leaves)])

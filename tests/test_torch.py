@@ -35,7 +35,7 @@ def test_scratch_equals_torch_nn_lstm(impl, embed):
         state = LSTMState(jax.random.normal(k[2], (B, L, H), jnp.float64), jax.random.normal(k[3], (B, L, H), jnp.float64))
         tokens = np.asarray(jax.random.randint(k[4], (B, T), 0, V))
         targets = np.asarray(jax.random.randint(k[5], (B, T), 0, V))
-        model = models.make_model("scratch", V, H, impl=impl, num_layers=L, embed_dim=E if embed else 0)
+        model = models.LanguageModel("scratch", V, H, impl=impl, num_layers=L, embed_dim=E if embed else 0)
 
         def loss(p, s):
             logits, new = model.apply(p, s, jnp.asarray(tokens))

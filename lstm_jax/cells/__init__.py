@@ -43,6 +43,8 @@ class Engine:
     pointwise_params: Callable  # params -> q
     pointwise: Callable  # (q, xp_BxG, hh_BxG, state) -> state
     kernel: str = "vjp"  # the backward step: "vjp" (jax.vjp of pointwise) or "lstm" (hand-written)
+    additive: bool = True  # pointwise depends on xp + hh only (not on each apart)
+    prepare: Callable | None = None  # (params, xp_TxBxG) -> xp: input-only work, once before the loop
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,6 +56,6 @@ GRU_RESET_AFTER = Cell(
     "gru_reset_after", HState, lambda key, D, o: _init(key, D, o, "rzn", ("b_hn",)),
     lambda o: HState(o.num_hiddens), gru_reset_after_step,
     Engine(lambda p: (stack(p, "W_x", "rzn"), stack(p, "b_", "rzn")), lambda p: stack(p, "W_h", "rzn"),
-           lambda p: {"b_hn": p["b_hn"]}, _reset_after_pointwise),
+           lambda p: {"b_hn": p["b_hn"]}, _reset_after_pointwise, additive=False),
     "Cho et al. 2014, reset after the product (cuDNN, PyTorch nn.GRU, flax GRUCell)")
 CELLS = (GRU, GRU_RESET_AFTER)

@@ -70,9 +70,9 @@ def _lstm_pointwise(q, xp, hh, s):
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
 
-def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, kernel="vjp"):
+def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, kernel="vjp", **kw):
     return Engine(lambda p: (stack(p, "W_x", gates), stack(p, "b_", gates) if bias else None),
-                  lambda p: stack(p, "W_h", gates), q, pointwise, kernel)
+                  lambda p: stack(p, "W_h", gates), q, pointwise, kernel, **kw)
 
 
 LSTM = Cell("lstm", LSTMState, lambda key, D, o: _gates(key, D, o.num_hiddens, o), _sizes, lstm_step,
@@ -149,25 +149,27 @@ def _layernorm_init(key, D, o):
             "ln_h_bias": jnp.zeros((4 * H,)), "ln_c_gain": jnp.ones((H,)), "ln_c_bias": jnp.zeros((H,))}
 
 
-def _layernorm_pointwise(q, xp, hh, s):
-    z = layer_norm(xp, q["ln_x_gain"], q["ln_x_bias"]) + layer_norm(hh, q["ln_h_gain"], q["ln_h_bias"])
+def _layernorm_step(p, s, x_t):
+    h, c = s
+    z = (layer_norm(project(stack(p, "W_x", GATES), x_t), p["ln_x_gain"], p["ln_x_bias"])
+         + layer_norm(h @ stack(p, "W_h", GATES), p["ln_h_gain"], p["ln_h_bias"]))
     I, F, O, C = _split(z, 4)
+    c = layer_norm(jax.nn.sigmoid(F) * c + jax.nn.sigmoid(I) * jnp.tanh(C), p["ln_c_gain"], p["ln_c_bias"])
+    h = jax.nn.sigmoid(O) * jnp.tanh(c)
+    return LSTMState(h, c), h
+
+
+def _layernorm_pointwise(q, xp, hh, s):
+    """The step after its input's normalization (the engine does that for all steps at once)."""
+    I, F, O, C = _split(xp + layer_norm(hh, q["ln_h_gain"], q["ln_h_bias"]), 4)
     c = layer_norm(jax.nn.sigmoid(F) * s.c + jax.nn.sigmoid(I) * jnp.tanh(C), q["ln_c_gain"], q["ln_c_bias"])
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
 
-def _layernorm_q(p):
-    return {k: p[k] for k in p if k.startswith("ln_")}
-
-
-def _layernorm_step(p, s, x_t):
-    xp = project(stack(p, "W_x", GATES), x_t)
-    new = _layernorm_pointwise(_layernorm_q(p), xp, s[0] @ stack(p, "W_h", GATES), LSTMState(*s))
-    return new, new.h
-
-
 LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, _layernorm_step,
-                 _engine(pointwise=_layernorm_pointwise, q=_layernorm_q, bias=False),
+                 _engine(pointwise=_layernorm_pointwise, bias=False, additive=False,
+                         q=lambda p: {k: p[k] for k in ("ln_h_gain", "ln_h_bias", "ln_c_gain", "ln_c_bias")},
+                         prepare=lambda p, xp: layer_norm(xp, p["ln_x_gain"], p["ln_x_bias"])),
                  "Ba et al. 2016 (placement of PyTorch's custom_lstms.py LayerNormLSTMCell)")
 
 
