@@ -79,6 +79,24 @@ LSTM = Cell("lstm", LSTMState, lambda key, D, o: _gates(key, D, o.num_hiddens, o
             _engine(kernel="lstm"), "d2l 10.1 (Hochreiter & Schmidhuber 1997, with a forget gate)")
 
 
+# flax's OptimizedLSTMCell holds the same weights: its gates (i, f, g, o) are d2l's (i, f, c, o);
+# its input kernels have no bias, its recurrent ones carry the gate's.
+_FLAX_GATE = {"i": "i", "f": "f", "o": "o", "c": "g"}
+
+
+def to_flax(p: dict) -> dict:
+    return {k: v for g, fg in _FLAX_GATE.items() for k, v in (
+        (f"i{fg}", {"kernel": p[f"W_x{g}"]}), (f"h{fg}", {"kernel": p[f"W_h{g}"], "bias": p[f"b_{g}"]}))}
+
+
+def from_flax(cell: dict) -> dict:
+    out = {}
+    for g, fg in _FLAX_GATE.items():
+        out.update({f"W_x{g}": cell[f"i{fg}"]["kernel"], f"W_h{g}": cell[f"h{fg}"]["kernel"],
+                    f"b_{g}": cell[f"h{fg}"]["bias"]})
+    return {n: out[n] for n in LAYER_NAMES}
+
+
 # --- peepholes (Gers & Schmidhuber 2000; Greff's "vanilla"): i, f see c_{t-1}, o sees c_t
 
 def _peephole_init(key, D, o):
