@@ -1,22 +1,16 @@
 """The recurrence engine: a cell's loop over time with a hand-written backward pass
-(``jax.custom_vjp``), the same function as autodiff of the cell's ``step`` under ``lax.scan``;
-:func:`lstm_jax.models.fast_apply` stacks it.
+(``jax.custom_vjp``), the function of autodiff of the cell's ``step`` under ``lax.scan``.
 
-For every engine cell (:class:`lstm_jax.cells.Engine`): the input projection of all
-time steps is one product before the loop (:func:`input_projection`); the loop does the
-recurrent product and the cell's elementwise function; the reverse loop carries only the
-state's gradient and takes the elementwise function's from ``jax.vjp`` of it
-(:func:`cell_recurrence`); the recurrent weight gradient is one product after it. Batch
-rows are split into lanes, independent chains that XLA:CPU runs on different cores, and
-several time steps run per loop iteration.
-
-The LSTM has its own kernel (:func:`recurrence`, :func:`recurrence_and_head`): the
-forward loop forms what each reverse step multiplies by while the step's gates are in
-cache, both loops write their big per-step results in place, and all four gates come
-from one ``tanh`` (docs/fast_path.md has the design and the measurements). Layout: the
-gates are concatenated along the last axis, ``W_x: (D, G)``, ``W_h: (H, G)``, ``b: (G,)``.
-Reverse mode only: use ``impl="reference"`` for ``jax.jvp``. Shapes: B batch, T time
-steps, H hidden units, G gate columns, V vocabulary.
+For every engine cell (:class:`lstm_jax.cells.Engine`) the input projection of all steps is
+one product before the loop (:func:`input_projection`); the loop does the recurrent product
+and the cell's elementwise function; the reverse loop carries only the state's gradient and
+takes the elementwise function's from ``jax.vjp`` (:func:`cell_recurrence`); the recurrent
+weight gradient is one product after it. Batch rows are split into lanes, independent chains
+that XLA:CPU runs on different cores. The LSTM's own kernel (:func:`recurrence`,
+:func:`recurrence_and_head`) forms each reverse step's factors in the forward loop, writes in
+place and runs several steps per iteration (docs/fast_path.md). Gates are concatenated along
+the last axis: ``W_x (D, G)``, ``W_h (H, G)``, ``b (G,)``. Reverse mode only (``jax.jvp``:
+``impl="reference"``). Shapes: B batch, T time steps, H hidden units, G gate columns, V vocabulary.
 """
 
 from __future__ import annotations
@@ -26,8 +20,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import stack
-from lstm_jax.cells.lstm import GATES
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -94,30 +86,16 @@ def _cell_recurrence_bwd(pointwise, additive, residuals, cotangents):
 cell_recurrence.defvjp(_cell_recurrence_fwd, _cell_recurrence_bwd)
 
 
-def _gate_scale(num_hiddens: int, dtype) -> jax.Array:
-    """Per column: 1/2 for the three sigmoid gates, 1 for the tanh candidate."""
-    H = num_hiddens
-    return jnp.concatenate([jnp.full((3 * H,), 0.5, dtype), jnp.ones((H,), dtype)])
-
-
-def _split(a_Bx4H: jax.Array, H: int):
-    return a_Bx4H[:, :H], a_Bx4H[:, H:2 * H], a_Bx4H[:, 2 * H:3 * H], a_Bx4H[:, 3 * H:]
-
-
 def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
-    """The recurrence for each lane: hidden states, final states and (if ``save``) residuals.
+    """The LSTM for each lane: hidden states, final states and (if ``save``) residuals.
 
-    With ``save``, each step also forms what its backward step multiplies by
-    (``M``, ``R``, ``F``) while its gates are in cache: as passes over whole
-    (T, B, 4H) arrays after the loop they were memory-bound (9-11% of a train
-    step at batch 64 x 100, hidden 512). Each lane's ``M`` overwrites its input
-    projections, block by block, in the same buffer (a ``lax.scan`` output
-    would be a new, zero-filled one). It also stores each step's h transposed,
-    (H, B): the weight gradient's left operand, which costs a small transpose
-    per step instead of a slow one of the whole (T*B, H) block after the loop.
+    With ``save``, each step also forms what its backward step multiplies by (``M``, ``R``,
+    ``F``) while its gates are in cache (as passes after the loop they were memory-bound);
+    ``M`` overwrites the lane's input projections in the same buffer; and each step's h is
+    stored transposed, the weight gradient's left operand (docs/fast_path.md).
     """
     H = W_Hx4H.shape[0]
-    s = _gate_scale(H, W_Hx4H.dtype)
+    s = jnp.concatenate([jnp.full((3 * H,), 0.5, W_Hx4H.dtype), jnp.ones((H,), W_Hx4H.dtype)])  # sigmoid via tanh
     T = xp_TxBx4H[0].shape[0]
     U = time_unroll(T)
 
@@ -126,7 +104,7 @@ def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
         d(pre-activation) = [dc, dc, dh, dc] * M for the gates I, F, O, C~;
         ``R = dh/dc``; ``F`` (dc_prev = dc * F). Without ``save`` XLA drops them."""
         a = jnp.tanh((h @ W_Hx4H + xp_Bx4H) * s)  # one tanh for all four gates
-        I, F, O, C_tilde = _split(a * s + (1 - s), H)
+        I, F, O, C_tilde = jnp.split(a * s + (1 - s), 4, axis=-1)
         c_new = F * c + I * C_tilde
         tc = jnp.tanh(c_new)
         # d(gate)/d(pre-activation) = s^2 (1 - a^2): sigmoid via tanh, and tanh.
@@ -343,12 +321,8 @@ def _stores_transposed_h(lane_rows: int) -> bool:
 
 
 def time_unroll(num_steps: int) -> int:
-    """Time steps per loop iteration: the largest divisor of ``num_steps`` up to 5.
-
-    Within one iteration XLA:CPU's executor lets a lane start its next step
-    while the other lane finishes the current one; the iteration boundary waits
-    for all. A divisor, so no remainder steps are compiled separately.
-    """
+    """The LSTM kernel's time steps per loop iteration: the largest divisor of ``num_steps`` up
+    to 5 (within one iteration a lane may start its next step while the other finishes)."""
     return max(u for u in range(1, 6) if num_steps % u == 0)
 
 
@@ -364,9 +338,8 @@ def default_lanes(batch_size: int, num_hiddens: int = 0) -> int:
     """Lanes on the CPU backend: 2 (at least 8 rows each) while a step's product is small or
     each lane keeps 128 rows or more; else, or on an accelerator, 1.
 
-    A function of the model's sizes only, never of the machine's cores, so that a
-    run's compiled program and the order its lane gradients are summed in are the
-    same on every CPU."""
+    A function of the model's sizes, never of the machine's cores: a run's program (and the
+    order its lane gradients are summed in) is the same on every CPU."""
     if jax.default_backend() != "cpu":
         return 1
     small = 2 * batch_size * num_hiddens * 4 * num_hiddens <= _LANES_UP_TO_FLOPS
@@ -381,11 +354,9 @@ def default_lanes(batch_size: int, num_hiddens: int = 0) -> int:
 def same_vma(tree):
     """Inside ``shard_map``: give every input the union of their varying mesh axes.
 
-    A custom VJP must return each cotangent with its input's type. The weights
-    are replicated (invariant) while their gradient, computed from this
-    device's rows, varies across devices; casting them to varying *before* the
-    custom VJP leaves the cross-device sum to autodiff of the cast (a psum),
-    as for any other use of replicated weights. Outside shard_map: a no-op.
+    A custom VJP must return each cotangent with its input's type: replicated weights get a
+    gradient that varies across devices, so they are cast to varying *before* it, leaving
+    the cross-device sum to autodiff of the cast (a psum). Outside shard_map: a no-op.
     """
     leaves, treedef = jax.tree.flatten(tree)
     varying = [_varying_axes(a) for a in leaves]
@@ -400,7 +371,3 @@ def _varying_axes(a) -> frozenset:
     manual = getattr(aval, "manual_axis_type", None)  # jax 0.10
     return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
 
-
-def stacked(params: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One LSTM layer's per-gate arrays as ``W_x (D, 4H)``, ``W_h (H, 4H)``, ``b (4H,)``, gates I, F, O, C~."""
-    return stack(params, "W_x", GATES), stack(params, "W_h", GATES), stack(params, "b_", GATES)

@@ -325,19 +325,9 @@ def _flax_layer(l: int, cell: str = "lstm") -> str:
     return cell if l == 0 else f"{cell}_{l}"
 
 
-# The same weights in both layouts: d2l's gates (i, f, o, c~) are flax's (i, f, o, g);
-# flax's input kernels have no bias, its recurrent ones carry the gate bias.
-_FLAX_GATE = {"i": "i", "f": "f", "o": "o", "c": "g"}
-
-
 def scratch_to_concise(params: Params) -> Params:
-    out = {}
-    for l in range(num_layers(params)):
-        p, cell = layer(params, l), {}
-        for g, fg in _FLAX_GATE.items():
-            cell[f"i{fg}"] = {"kernel": p[f"W_x{g}"]}
-            cell[f"h{fg}"] = {"kernel": p[f"W_h{g}"], "bias": p[f"b_{g}"]}
-        out[_flax_layer(l)] = cell
+    """The LSTM's parameters as flax's ``OptimizedLSTMCell`` layers, dense head and embedding."""
+    out = {_flax_layer(l): lstm.to_flax(layer(params, l)) for l in range(num_layers(params))}
     out["head"] = {"kernel": params["W_hq"], "bias": params["b_q"]}
     if "embed" in params:
         out["embed"] = {"embedding": params["embed"]}
@@ -346,18 +336,10 @@ def scratch_to_concise(params: Params) -> Params:
 
 def concise_to_scratch(params: Params) -> Params:
     flax_params = params["params"]
-    out = {}
-    for l in range(sum(1 for k in flax_params if k.startswith("lstm"))):
-        cell, p = flax_params[_flax_layer(l)], {}
-        for g, fg in _FLAX_GATE.items():
-            p[f"W_x{g}"] = cell[f"i{fg}"]["kernel"]
-            p[f"W_h{g}"] = cell[f"h{fg}"]["kernel"]
-            p[f"b_{g}"] = cell[f"h{fg}"]["bias"]
-        if l == 0:
-            out.update({n: p[n] for n in lstm.LAYER_NAMES})
-            out["W_hq"], out["b_q"] = flax_params["head"]["kernel"], flax_params["head"]["bias"]
-        else:
-            out[layer_key(l)] = {n: p[n] for n in lstm.LAYER_NAMES}
+    count = sum(k.startswith("lstm") for k in flax_params)
+    layers = [lstm.from_flax(flax_params[_flax_layer(l)]) for l in range(count)]
+    out = {**layers[0], "W_hq": flax_params["head"]["kernel"], "b_q": flax_params["head"]["bias"]}
+    out.update({layer_key(l): p for l, p in enumerate(layers) if l})
     if "embed" in flax_params:
         out["embed"] = flax_params["embed"]["embedding"]
     return out
