@@ -152,56 +152,34 @@ def _unblock(a):
     return None if a is None else a.reshape(-1, *a.shape[2:])
 
 
-@jax.custom_vjp
 def recurrence(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
-    """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step).
-
-    The batch comes in lanes: ``xp``, ``h`` and ``c`` are tuples with one array
-    per lane (a slice of the batch rows). Lanes are independent chains of
-    operations in one loop, which XLA:CPU runs on different cores at once.
-    Returns ``(h_TxBxH, h_last, c_last)``, per lane; differentiable in all inputs.
-    """
-    h_TxBxH, h, c, _ = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=False)
-    return h_TxBxH, h, c
-
-
-def _recurrence_fwd(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
-    h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=True)
-    return (h_TxBxH, h, c), (W_Hx4H, h_BxH, h_TxBxH, saved)
-
-
-def _recurrence_bwd(residuals, cotangents):
-    W_Hx4H, h0, h_TxBxH, saved = residuals
-    dh_TxBxH, dh_last, dc_last = cotangents
-    dz_TxBx4H, dh0, dc0 = _reverse(W_Hx4H, saved, dh_TxBxH, dh_last, dc_last)
-    return dz_TxBx4H, _weight_gradient(h0, h_TxBxH, saved, dz_TxBx4H, W_Hx4H.dtype), dh0, dc0
-
-
-recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+    """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step), per lane (tuples
+    of arrays, each a slice of the batch rows): ``(h_TxBxH, h_last, c_last)``, per lane."""
+    return recurrence_and_head(xp_TxBx4H, W_Hx4H, None, None, h_BxH, c_BxH)
 
 
 @jax.custom_vjp
 def recurrence_and_head(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
-    """:func:`recurrence` and the output layer: ``(logits_TxBxV, h_last, c_last)`` per lane.
-
-    The output layer is inside so that its weight gradient can join the
-    recurrent one's matrix product (see ``_recurrence_and_head_bwd``).
-    """
-    h_TxBxH, h, c, _ = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=False)
-    return tuple(h_l @ W_HxV + b_V for h_l in h_TxBxH), h, c
+    """:func:`recurrence` and the output layer: ``(logits_TxBxV, h_last, c_last)`` per lane
+    (without one, ``W_HxV = b_V = None``: ``h_TxBxH``). Inside, so that the output layer's
+    weight gradient can join the recurrent one's matrix product."""
+    return _recurrence_and_head_fwd(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH, save=False)[0]
 
 
-def _recurrence_and_head_fwd(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
-    h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=True)
-    logits = tuple(h_l @ W_HxV + b_V for h_l in h_TxBxH)
-    return (logits, h, c), (W_Hx4H, W_HxV, h_BxH, h_TxBxH, saved)
+def _recurrence_and_head_fwd(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH, save=True):
+    h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=save)
+    out = h_TxBxH if W_HxV is None else tuple(h_l @ W_HxV + b_V for h_l in h_TxBxH)
+    return (out, h, c), (W_Hx4H, W_HxV, h_BxH, h_TxBxH, saved)
 
 
 def _recurrence_and_head_bwd(residuals, cotangents):
     W_Hx4H, W_HxV, h0, h_TxBxH, saved = residuals
     dl_TxBxV, dh_last, dc_last = cotangents
-    H, V = W_HxV.shape
     dt = W_Hx4H.dtype
+    if W_HxV is None:
+        dz_TxBx4H, dh0, dc0 = _reverse(W_Hx4H, saved, dl_TxBxV, dh_last, dc_last)
+        return dz_TxBx4H, _weight_gradient(h0, h_TxBxH, saved, dz_TxBx4H, dt), None, None, dh0, dc0
+    H, V = W_HxV.shape
     dh_TxBxH = tuple(dl @ W_HxV.T for dl in dl_TxBxV)
     db_V = sum(dl.sum((0, 1)) for dl in dl_TxBxV)
     if saved[0][3] is None:  # one product per lane, side by side, for each weight
@@ -314,9 +292,8 @@ def _weight_gradient(h0, h_TxBxH, saved, dz_TxBxN, dt):
 
 
 def _stores_transposed_h(lane_rows: int) -> bool:
-    """Whether the forward loop also stores h transposed, for the weight gradient:
-    it pays for few rows per lane, where the per-step transposes are cheap
-    (docs/performance.md has the A/B)."""
+    """Whether the LSTM's forward loop also stores h transposed, for the weight gradient: it pays
+    for few rows per lane, where the per-step transposes are cheap (docs/performance.md)."""
     return lane_rows <= 16
 
 
