@@ -1,10 +1,8 @@
 """Minibatches: d2l's two partitioning schemes, cut into blocks on demand, and held-out streams.
 
-Everything follows d2l 0.x: sequential partitioning (row b of minibatch i+1
-continues row b of minibatch i, so the state can carry over) and random
-partitioning (shuffled non-overlapping windows). Randomness comes from an
-explicit ``numpy.random.Generator`` that the caller derives from the run's seed
-and the epoch.
+As d2l 0.x: sequential partitioning (row b of minibatch i+1 continues row b of minibatch i, so the
+state can carry over) and random partitioning (shuffled non-overlapping windows). Randomness comes
+from a ``numpy.random.Generator`` that the caller derives from the run's seed and the epoch.
 """
 
 from __future__ import annotations
@@ -37,11 +35,8 @@ def check_enough(num_tokens: int, batch_size: int, num_steps: int, random_iter: 
 
 
 class EpochBatches:
-    """One epoch's minibatches, cut on demand: ``block(i, n)`` is minibatches i..i+n-1.
-
-    Nothing of the epoch is copied up front, so a long corpus costs no more
-    memory than its id array.
-    """
+    """One epoch's minibatches, cut on demand: ``block(i, n)`` is minibatches i..i+n-1. Nothing of
+    the epoch is copied up front, so a long corpus costs no more memory than its id array."""
 
     def __init__(self, corpus: np.ndarray, batch_size: int, num_steps: int, random_iter: bool,
                  rng: np.random.Generator):
@@ -85,20 +80,9 @@ class EpochBatches:
         return self.block(0, len(self)).Y
 
 
-def seq_data_iter_sequential(corpus, batch_size, num_steps, rng) -> EpochBatches:
-    return EpochBatches(corpus, batch_size, num_steps, False, rng)
-
-
-def seq_data_iter_random(corpus, batch_size, num_steps, rng) -> EpochBatches:
-    return EpochBatches(corpus, batch_size, num_steps, True, rng)
-
-
 class Streams(NamedTuple):
-    """A held-out split as B parallel streams, cut into chunks of C steps.
-
-    ``X``, ``Y`` (N, B, C) int32 and ``mask`` (N, B, C): each stream is scored
-    from a zero state, carried through all its chunks; padding has mask 0.
-    """
+    """A held-out split as B parallel streams, cut into chunks of C steps: ``X``, ``Y`` (N, B, C) int32
+    and ``mask`` (N, B, C). Each stream is scored from a zero state carried through its chunks; padding has mask 0."""
 
     X: np.ndarray
     Y: np.ndarray

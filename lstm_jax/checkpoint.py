@@ -1,32 +1,20 @@
 """Orbax checkpoints of everything a bit-exact resume needs, and nothing pickled.
 
-A checkpoint (``<workdir>/checkpoints/<step>/``, step = updates so far) holds
-four items:
+``<workdir>/checkpoints/<step>/`` (step = updates so far) holds four items: ``state`` (orbax arrays:
+the train state, learning rate included, and the LSTM state carried between minibatches), ``meta``
+(JSON: format version, data position (epoch, minibatch), the metrics since the last record,
+training seconds), ``config`` and ``vocab`` (JSON). ``<workdir>/best/<step>/`` holds the same for
+the best validation loss. An epoch's minibatches are a function of seed and epoch, dropout's key of
+seed and step, so position and step are the whole iterator and PRNG state. Orbax renames a
+checkpoint into place only once complete: a crash during a save leaves the previous one the latest.
 
-- ``state``  — arrays (orbax PyTree): the train state (params, optimizer state
-  including the learning rate, step) and the LSTM state carried between
-  minibatches;
-- ``meta``   — JSON: format version, data position (epoch, minibatch within
-  it), the metrics since the last record, training seconds so far;
-- ``config`` — JSON: the full config that trained it;
-- ``vocab``  — JSON: the vocabulary.
-
-``<workdir>/best/<step>/`` holds the same four items for the parameters with
-the best validation loss so far. The data pipeline keeps no hidden random
-state (an epoch's minibatches are a function of seed and epoch) and dropout's
-key is the seed's folded with the step, so position and step are the whole
-iterator and PRNG state. Orbax writes each checkpoint to a temporary directory
-and renames it only when complete, so a crash during a save leaves the
-previous checkpoint as the latest loadable one.
-
-A workdir is written by one process at a time: :class:`Lock` holds an
-advisory ``fcntl.flock`` on ``<dir>/.lock`` for the whole run; the kernel
-releases it however the process dies, so a kill -9 never leaves a stale lock.
-Readers (``predict``, ``evaluate``) take no lock.
+A workdir is written by one process at a time: :func:`locked` holds an advisory ``fcntl.flock``, which
+the kernel releases however the process dies. Readers (``predict``, ``evaluate``) take no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -34,7 +22,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import ml_collections
@@ -64,9 +52,8 @@ class Checkpoints:
 
     def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(directory)  # orbax wants absolute paths
-        # Synchronous saves: the train step donates its buffers, so the arrays
-        # must be written before the next step runs (saves take milliseconds here).
-        # Leftovers of a save that crashed are removed when training reopens the directory.
+        # Synchronous saves: the train step donates its buffers, so the arrays must be written before
+        # the next step runs. Leftovers of a crashed save are removed when training reopens the directory.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
             create=not read_only, cleanup_tmp_directories=not read_only,
@@ -85,11 +72,8 @@ class Checkpoints:
 
     def save(self, step: int, arrays: Any, meta: dict, config: ml_collections.ConfigDict,
              vocab: Vocab) -> bool:
-        """Save unless a checkpoint of this step exists already (returns whether it saved).
-
-        A failed save (a full disk, most often) removes its temporary directory
-        and raises a UserError that says which checkpoint stays the latest.
-        """
+        """Save unless a checkpoint of this step exists already (returns whether it saved). A failed
+        save (a full disk, most often) removes its temporary directory and says which checkpoint stays."""
         if step in self.steps():
             return False
         meta = {"format_version": FORMAT_VERSION, **meta}
@@ -102,18 +86,15 @@ class Checkpoints:
             ))
             self._manager.wait_until_finished()
         except Exception as e:  # orbax and tensorstore raise many types for one failed write
-            self._remove_temporaries()
+            for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+                if "tmp" in name:  # the failed save's temporary directory
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
             latest = self.latest_step()
             kept = f"checkpoint {self.where(latest)} stays the latest" if latest is not None else \
                 "there is no earlier checkpoint"
             reason = "the disk is full" if _is_disk_full(e) else f"{type(e).__name__}: {_first_line(e)}"
             raise UserError(f"cannot save checkpoint {self.where(step)} ({reason}); {kept}") from None
         return bool(saved)
-
-    def _remove_temporaries(self) -> None:
-        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
-            if "tmp" in name:
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def restore_json(self, step: int) -> tuple[dict, dict, Vocab]:
         """meta, config and vocabulary of a checkpoint, checked for readability and version."""
@@ -131,11 +112,8 @@ class Checkpoints:
         return meta, config, vocab
 
     def restore(self, step: int, abstract_arrays: Any = None) -> Restored:
-        """Everything in checkpoint ``step``; ``abstract_arrays`` gives the expected tree.
-
-        Without it, the arrays come back as saved (lists and dicts), on this
-        process's first device: enough to read the parameters.
-        """
+        """Everything in checkpoint ``step``; ``abstract_arrays`` gives the expected tree. Without it the
+        arrays come back as saved (lists and dicts) on this process's first device: enough for the parameters."""
         meta, config, vocab = self.restore_json(step)
         where = self.where(step)
         try:
@@ -180,14 +158,12 @@ def restore_latest_readable(ckpts: Checkpoints, abstract_arrays=None, warn=None,
                             quarantine: str | None = None, check=None) -> Restored:
     """The newest checkpoint that reads, falling back past unreadable ones with a warning.
 
-    ``check(meta, config, vocab)`` runs on a checkpoint's JSON before its arrays
-    are read (a UserError from it is not a fallback). With ``quarantine``
-    (training), an unreadable checkpoint is moved there, so the steps it held
-    can be saved again; readers leave it in place.
+    ``check(meta, config, vocab)`` runs on a checkpoint's JSON before its arrays are read (a UserError
+    from it is not a fallback). With ``quarantine`` (training) an unreadable checkpoint is moved there,
+    so its step can be saved again; readers leave it in place.
     """
-    candidates = list(reversed(ckpts.steps()))
     problems = []  # (step, error) of the unreadable ones, newest first
-    for step in candidates:
+    for step in reversed(ckpts.steps()):
         try:
             meta, config, vocab = ckpts.restore_json(step)
         except UserError as e:
@@ -222,36 +198,28 @@ OUTPUTS = RESULTS + ("config.json", "vocab.json")
 CHECKPOINTS, BEST = "checkpoints", "best"
 
 
-class Lock:
-    """An exclusive lock on a directory, refused at once (naming the holder) when taken."""
-
-    def __init__(self, directory: str, name: str = ".lock", what: str = "a training run"):
-        self.path = os.path.join(directory, name)
-        self.directory, self.what = directory, what
-        self._fd = None
-
-    def __enter__(self) -> "Lock":
-        ensure_writable(self.directory)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                os.close(fd)
-                raise UserError(f"cannot lock {self.path}: {e.strerror}") from None
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+@contextlib.contextmanager
+def locked(directory: str, name: str = ".lock", what: str = "a training run") -> Iterator[None]:
+    """An exclusive lock on a directory for the ``with`` block, refused at once (naming the holder) when taken."""
+    ensure_writable(directory)
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             os.close(fd)
-            raise UserError(f"{self.directory} is in use by another process (PID {holder}, "
-                            f"{self.what}); wait for it to finish, stop it, or use another directory") from None
+            raise UserError(f"cannot lock {path}: {e.strerror}") from None
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"{directory} is in use by another process (PID {holder}, "
+                        f"{what}); wait for it to finish, stop it, or use another directory") from None
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock; the file stays (removing it would race)
-            self._fd = None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays (removing it would race)
 
 
 def ensure_writable(directory: str) -> None:
@@ -270,8 +238,7 @@ def ensure_writable(directory: str) -> None:
 def check_outputs_have_checkpoints(directory: str) -> None:
     """A workdir that holds a run's outputs but no checkpoint is refused, never silently wiped."""
     ckpt = os.path.join(directory, CHECKPOINTS)
-    has_ckpt = os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))
-    if has_ckpt:
+    if os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt)):
         return
     found = [name for name in RESULTS if os.path.exists(os.path.join(directory, name))]
     if found:
@@ -284,10 +251,8 @@ def clear(directory: str) -> None:
     for name in (CHECKPOINTS, BEST):
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     for name in OUTPUTS:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, name))
-        except FileNotFoundError:
-            pass
 
 
 class Loaded(NamedTuple):
@@ -299,10 +264,8 @@ class Loaded(NamedTuple):
 
 
 def load_model(directory: str, step: int | None = None, best: bool = False, warn=None) -> Loaded:
-    """Model, parameters, vocabulary and config of a checkpoint, read-only, no optimizer needed.
-
-    ``best``: the best-validation checkpoint (``<workdir>/best``) if the run has one.
-    """
+    """Model, parameters, vocabulary and config of a checkpoint, read-only, no optimizer needed;
+    ``best``: the best-validation checkpoint (``<workdir>/best``) if the run has one."""
     where = os.path.join(directory, BEST if best else CHECKPOINTS)
     if best and not os.path.isdir(where):
         where = os.path.join(directory, CHECKPOINTS)

@@ -1,11 +1,5 @@
-"""What the command-line programs share: config loading, one-line errors, exit codes, the stop request.
-
-Library modules never import this; the programs (``lstm_jax.train``,
-``predict``, ``evaluate``, ``sweep``) do. Every mistake a user can make on a
-command line ends as one ``error: ...`` line on stderr and exit status 2.
-Nothing heavy is imported at the top: :func:`exit_on_interrupt_while_starting`
-runs before JAX is imported.
-"""
+"""What the command-line programs share: config loading, one-line errors (exit status 2), the stop
+request. Nothing heavy is imported at the top: this module is loaded before JAX."""
 
 from __future__ import annotations
 
@@ -16,17 +10,16 @@ from typing import Callable, NoReturn
 
 from lstm_jax.errors import UserError
 
-HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+def _quit(signum: int, message: str) -> NoReturn:
+    os.write(2, message.encode())  # signal handlers write to the descriptor: they may run inside print()
+    os._exit(128 + signum)
 
 
 def exit_on_interrupt_while_starting() -> None:
     """Until the program installs its stop request there is nothing to save: a Ctrl-C exits at once."""
-    def handler(signum, frame):
-        os.write(2, b"\ninterrupted while starting; nothing was written\n")
-        os._exit(128 + signum)
-
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+        signal.signal(sig, lambda signum, frame: _quit(signum, "\ninterrupted while starting; nothing was written\n"))
 
 
 def log(message: str) -> None:
@@ -42,19 +35,13 @@ def fail(message: str) -> NoReturn:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM: the first asks training to checkpoint and stop, a second quits now.
+    """SIGINT/SIGTERM: the first asks training to checkpoint and stop, a second quits now."""
 
-    The handler only sets a flag and writes to stderr's file descriptor: it can run
-    in the middle of any Python code, an import included.
-    """
-
-    def __init__(self):
-        self.signum = None
+    signum = None
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            os.write(2, b"\nerror: interrupted again; quitting without saving\n")
-            os._exit(128 + signum)
+            _quit(signum, "\nerror: interrupted again; quitting without saving\n")
         self.signum = signum
         os.write(2, f"\n{signal.Signals(signum).name}: finishing the current step, then saving a "
                  "checkpoint (interrupt again to quit at once)\n".encode())
@@ -66,55 +53,45 @@ class StopRequest:
 STOP = StopRequest()  # polled by the training loop; installed by run()
 
 
-def _pop_config(argv: list[str]) -> tuple[str, list[str]]:
-    """The ``--config FILE`` argument, and argv without it (its overrides stay for ml-collections)."""
+def _define_config(argv: list[str]) -> tuple[str, list[str]]:
+    """Load ``--config FILE`` as the ``config`` flag, refusing misspelled ``--config.<field>`` overrides;
+    returns the file and argv without it (the overrides stay there for ml-collections)."""
+    from ml_collections import config_flags
+
+    from lstm_jax import configs
+
     for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1], argv[:i] + argv[i + 2:]
-        if a.startswith("--config="):
-            return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
-    fail("--config needs a config file, e.g. --config experiments/scratch.py")
-
-
-def _check_fields(config, argv: list[str]) -> None:
-    for a in argv:
-        if a.startswith("--config."):
-            name = a.split("=", 1)[0][len("--config."):]
-            section = config
-            for key in name.split("."):
-                if not hasattr(section, "keys") or key not in section:
-                    fail(f"--config.{name}: the config has no field '{name}' (--help lists them)")
-                section = section[key]
+        if a == "--config" and i + 1 < len(argv) or a.startswith("--config="):
+            path, n = (argv[i + 1], 2) if a == "--config" else (a.split("=", 1)[1], 1)
+            break
+    else:
+        fail("--config needs a config file, e.g. --config experiments/scratch.py")
+    argv = argv[:i] + argv[i + n:]
+    config = configs.load_file(path)
+    for name in (a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")):
+        try:
+            config[name]  # a dotted name reaches into sections
+        except (KeyError, TypeError):
+            fail(f"--config.{name}: the config has no field '{name}' (--help lists them)")
+    sys.argv = argv  # ml-collections finds the --config.<field> overrides there
+    config_flags.DEFINE_config_dict("config", config, lock_config=True)
+    return path, argv
 
 
 def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = False) -> None:
     """Parse the flags, then ``main(config, config_path)`` (or ``main()``); one line per error.
-
-    ``stoppable``: a Ctrl-C or SIGTERM asks the program to stop (``STOP``); when ``main``
-    returns true (it stopped on that request) the program exits 128 + the signal's number,
-    as shells expect (130 for Ctrl-C).
-    """
+    ``stoppable``: a signal sets ``STOP``; when ``main`` returns true (it stopped on that request)
+    the program exits 128 + the signal's number, as shells expect (130 for Ctrl-C)."""
     from absl import flags, logging
 
     sys.modules["__main__"].__doc__ = doc
-    argv = list(sys.argv)
-    if any(a in HELP_FLAGS for a in argv[1:]):
+    if {"--help", "-h", "--helpshort", "--helpfull", "-?"} & set(sys.argv[1:]):
         if takes_config:
             flags.DEFINE_string("config", None, "Config file (experiments/*.py); then --config.<field>=<value>.")
         print(doc + "\n" + flags.FLAGS.main_module_help())
         sys.exit(0)
     try:
-        config = path = None
-        if takes_config:
-            from ml_collections import config_flags
-
-            from lstm_jax import configs
-
-            path, argv = _pop_config(argv)
-            config = configs.load_file(path)
-            _check_fields(config, argv)
-            sys.argv = argv  # ml-collections finds the --config.<field> overrides there
-            config_flags.DEFINE_config_dict("config", config, lock_config=True)
+        path, argv = _define_config(list(sys.argv)) if takes_config else (None, list(sys.argv))
         try:
             rest = flags.FLAGS(argv)
         except flags.Error as e:
@@ -122,7 +99,9 @@ def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = 
         if len(rest) > 1:
             fail(f"unexpected arguments {rest[1:]}; options look like --name=value or --config.<field>=<value>")
         logging.set_verbosity(logging.ERROR)  # JAX's backend probing, orbax's notes
-        _quiet_orbax_leftovers()
+        # A failed orbax restore leaves tensorstore callbacks whose event loop is closed: unprinted.
+        closed = lambda u: isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)
+        sys.unraisablehook = lambda u, default=sys.unraisablehook: closed(u) or default(u)
         if stoppable:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, STOP._handle)
@@ -130,21 +109,8 @@ def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = 
     except UserError as e:
         fail(str(e))
     finally:
-        # All is written; what is left is exiting, and the interpreter's shutdown puts SIGINT
-        # back to its default action: a Ctrl-C there killed the process silently (exit -2).
+        # All is written; a Ctrl-C in the interpreter's shutdown killed the process silently (exit -2).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if stopped and STOP.signum is not None:
         sys.stdout.flush()
         sys.exit(128 + STOP.signum)
-
-
-def _quiet_orbax_leftovers() -> None:
-    """A failed orbax restore (reported as one error line already) leaves tensorstore callbacks
-    whose event loop is gone by the time they are collected; Python would print each one."""
-    default = sys.unraisablehook
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-            default(unraisable)
-
-    sys.unraisablehook = hook

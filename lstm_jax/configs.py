@@ -1,10 +1,9 @@
 """The one place every config field is defined, checked and compared.
 
-``experiments/*.py`` import this (ml-collections loads config files as
-top-level modules, so they cannot import each other) and change what their
-experiment needs. ``python -m lstm_jax.train --help`` lists every field with its default;
-docs/config.md explains each one. Configs saved by older versions are read through
-:func:`upgrade`, the one place that knows older formats.
+``experiments/*.py`` import this (ml-collections loads config files as top-level modules, so they
+cannot import each other) and change what their experiment needs. ``python -m lstm_jax.train --help``
+lists every field with its default; docs/config.md explains each one. Configs saved by older versions
+are read through :func:`upgrade`, the one place that knows older formats.
 """
 
 from __future__ import annotations
@@ -114,11 +113,11 @@ _NON_NEGATIVE = ("embed_dim", "proj_size", "weight_decay", "warmup_steps", "time
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail early, naming the field and its value, on what would only fail deep inside JAX."""
     for name, allowed in CHOICES.items():
-        value = _get(config, name)
+        value = config[name]  # a dotted name reaches into sections
         if value not in allowed and not (name == "lstm_impl" and value is None):
             raise UserError(f"config.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     for name in _POSITIVE + _NON_NEGATIVE:
-        value = _get(config, name)
+        value = config[name]
         if isinstance(value, float) and math.isnan(value):
             raise UserError(f"config.{name} is nan")
         if (value <= 0) if name in _POSITIVE else (value < 0):
@@ -126,8 +125,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"config.{name} must be {must}, got {value!r}")
     if not 0 <= config.dropout < 1:
         raise UserError(f"config.dropout must be in [0, 1), got {config.dropout!r}")
-    held_out = config.data.val_fraction + config.data.test_fraction
-    if held_out >= 1:
+    if config.data.val_fraction + config.data.test_fraction >= 1:
         raise UserError(f"config.data.val_fraction + config.data.test_fraction must be < 1 (the rest is "
                         f"the training split), got {config.data.val_fraction} + {config.data.test_fraction}")
     _validate_cell(config)
@@ -156,24 +154,25 @@ def _validate_cell(c) -> None:
                         f"to set; the cells that do: {', '.join(_FORGET_GATE)} (scratch)")
 
 
-def _get(config, dotted: str):
-    for key in dotted.split("."):
-        config = config[key]
-    return config
-
-
 def as_dict(config) -> dict:
     """A config (ConfigDict or its saved JSON) as plain nested dicts."""
     return json.loads(config.to_json()) if isinstance(config, ml_collections.ConfigDict) else config
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as one, keyed by dotted field names."""
+    out = {}
+    for key, value in d.items():
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
 def upgrade(saved) -> dict:
     """A config written by any version, in today's format: the one place that reads old configs.
 
-    Fields added since are filled in with their defaults (which mean what the
-    older version did); retired fields are dropped when they hold their neutral
-    value and kept otherwise, so that :func:`differences` names them; an
-    ``lstm_impl`` that no longer exists (0.1's ``'auto'``) means the variant's own.
+    Fields added since get their defaults (which mean what the older version did); retired fields are
+    dropped when they hold their neutral value and kept otherwise, so that :func:`differences` names
+    them; an ``lstm_impl`` that no longer exists (0.1's ``'auto'``) means the variant's own.
     """
     def merge(defaults: dict, given: dict, prefix: str) -> dict:
         out = dict(defaults)
@@ -195,13 +194,7 @@ def upgrade(saved) -> dict:
 
 def differences(old, new, ignore=RESUME_SAFE) -> list[str]:
     """``field (old -> new)`` for every field that differs, skipping ``ignore``; both upgraded first."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in d.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-        return out
-
-    a, b = flat(upgrade(old)), flat(upgrade(new))
+    a, b = flatten(upgrade(old)), flatten(upgrade(new))
     return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b))
             if k not in ignore and a.get(k) != b.get(k)]
 

@@ -1,11 +1,9 @@
 """Corpora and the d2l vocabulary: text -> token ids (minibatches: :mod:`lstm_jax.batches`).
 
-With ``normalize="d2l"`` everything follows d2l 0.x (the edition whose LSTM
-chapter we port) token for token, so perplexities are comparable with the
-book's; ``normalize="none"`` keeps every character of the file. Text is read
-in chunks and turned into ids with numpy, so a 100 MB file loads in seconds
-into little more than its id array. The built-in corpora are third-party text:
-downloaded into :func:`data_dir` and checked, never shipped.
+With ``normalize="d2l"`` everything follows d2l 0.x token for token, so perplexities are comparable
+with the book's; ``normalize="none"`` keeps every character. Text is read in chunks and made into ids
+with numpy: a 100 MB file loads in seconds. The built-in corpora are third-party text, downloaded into
+:func:`data_dir` and checked, never shipped.
 """
 
 from __future__ import annotations
@@ -159,12 +157,9 @@ def _codepoints(text: str) -> np.ndarray:
 
 
 def normalize_codepoints(cp: np.ndarray, word_breaks_at_lines: bool = False) -> np.ndarray:
-    """d2l's ``re.sub('[^A-Za-z]+', ' ', line).strip().lower()`` on each line, lines joined.
-
-    Letters are kept lower-cased; a run of anything else between two letters of one line becomes
-    one space; lines are joined with no separator (d2l 0.x), or with a space when
-    ``word_breaks_at_lines`` (word tokens never span lines).
-    """
+    """d2l's ``re.sub('[^A-Za-z]+', ' ', line).strip().lower()`` on each line, lines joined: letters
+    lower-cased, a run of anything else between two letters of one line one space; lines joined with
+    no separator (d2l 0.x), or with a space when ``word_breaks_at_lines`` (words never span lines)."""
     upper = (cp >= 65) & (cp <= 90)
     pos = np.flatnonzero(upper | ((cp >= 97) & (cp <= 122)))
     line = np.cumsum((cp == 10) | (cp == 13))[pos]
@@ -173,11 +168,6 @@ def normalize_codepoints(cp: np.ndarray, word_breaks_at_lines: bool = False) -> 
     out = np.full(len(pos) + int(space.sum()), 32, np.uint32)
     out[np.arange(len(pos)) + np.concatenate([[0], np.cumsum(space)])] = cp[pos] | 32
     return out
-
-
-def normalize_text(text: str, normalize: str) -> str:
-    """A prompt made like the training text: d2l's rule, minus the strip (so "the " keeps its space)."""
-    return re.sub("[^A-Za-z]+", " ", text).lower() if normalize == "d2l" else text
 
 
 def _token_chunks(path: str, token: str, normalize: str) -> Iterator:
@@ -192,20 +182,13 @@ def _token_chunks(path: str, token: str, normalize: str) -> Iterator:
 
 @dataclasses.dataclass(frozen=True)
 class Vocab:
-    """d2l's Vocab: ``<unk>``, reserved tokens, then tokens by descending frequency.
-
-    Ties keep first-occurrence order, exactly as d2l, so indices match the book's. ``token``
-    and ``normalize`` say how text was made into tokens, so that a prompt is split the same way.
-    """
+    """d2l's Vocab: ``<unk>``, reserved tokens, then tokens by descending frequency, ties in first-seen
+    order as d2l's, so indices match the book's. ``token`` and ``normalize`` say how text was made into
+    tokens, so that a prompt is split the same way."""
 
     idx_to_token: tuple[str, ...]
     token: str = "char"
     normalize: str = "d2l"
-
-    @classmethod
-    def build(cls, tokens: Iterable[str], token: str = "char", min_freq: int = 0,
-              reserved_tokens: Sequence[str] = (), normalize: str = "d2l") -> "Vocab":
-        return cls.from_counts(collections.Counter(tokens), token, min_freq, reserved_tokens, normalize)
 
     @classmethod
     def from_counts(cls, counts: dict, token: str = "char", min_freq: int = 0,
@@ -234,8 +217,10 @@ class Vocab:
         return [self.idx_to_token[int(i)] for i in ids]
 
     def split(self, text: str) -> list[str]:
-        """Tokens of a prompt, normalized and split the way the training text was."""
-        text = normalize_text(text, self.normalize)
+        """Tokens of a prompt, normalized and split the way the training text was (d2l's rule, minus
+        the strip: "the " keeps its space)."""
+        if self.normalize == "d2l":
+            text = re.sub("[^A-Za-z]+", " ", text).lower()
         return list(text) if self.token == "char" else text.split()
 
     def join(self, tokens: Sequence[str]) -> str:
@@ -321,10 +306,9 @@ def load_corpus(path: str, token: str = "char", max_tokens: int = 10000, val_fra
                 test_fraction: float = 0.0, min_freq: int = 0, normalize: str = "d2l") -> Corpus:
     """d2l's ``load_corpus_time_machine``, then train / val / test as contiguous tails.
 
-    As in d2l the vocabulary is built from the whole text, and the id stream is
-    then cut to ``max_tokens`` (``<= 0`` keeps everything). The last
-    ``test_fraction`` of the stream is the test split, the ``val_fraction``
-    before it the validation split (nanoGPT's shakespeare_char: 0.1 and 0).
+    As in d2l the vocabulary is built from the whole text, then the id stream is cut to ``max_tokens``
+    (``<= 0`` keeps everything). The last ``test_fraction`` of the stream is the test split, the
+    ``val_fraction`` before it the validation split (nanoGPT's shakespeare_char: 0.1 and 0).
     """
     counts, total = _count(path, token, normalize)
     if total == 0:

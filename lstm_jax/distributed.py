@@ -1,11 +1,10 @@
 """Data parallelism over every device of every process, with ``jax.sharding``.
 
-Batch rows (and the hidden-state rows of their sequence streams) are split along
-one 1-D mesh axis, ``data``; parameters and optimizer state are replicated. The
-train step stays the jitted function it is on one device, compiled with these
-shardings, so XLA inserts the gradient all-reduce and one device is no special
-case. Several processes run the same program (JAX's SPMD runtime), build the
-same minibatches and each hands JAX only the rows its own devices hold.
+Batch rows (and the hidden-state rows of their sequence streams) are split along one 1-D mesh axis,
+``data``; parameters and optimizer state are replicated. The train step stays the jitted function it
+is on one device, compiled with these shardings, so XLA inserts the gradient all-reduce and one device
+is no special case. Several processes run the same program (JAX's SPMD runtime), build the same
+minibatches and each hands JAX only the rows its own devices hold.
 """
 
 from __future__ import annotations
@@ -21,23 +20,19 @@ from lstm_jax.errors import UserError
 DATA = "data"  # the mesh axis that batch rows are split along
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 300,
-               log: Callable[[str], None] | None = None) -> bool:
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               timeout_s: int = 300, log: Callable[[str], None] | None = None) -> bool:
     """Join a multi-process run if asked to (before anything touches a device); say if it did.
 
-    Nothing given: one process. ``coordinator='auto'``: JAX detects the cluster
-    (Slurm, Open MPI, Kubernetes, Cloud TPU, or $JAX_COORDINATOR_ADDRESS); a
-    given count or id overrides what it finds. Otherwise all three are needed, and checked here: a typo is one
-    error naming the flag, not a JAX traceback or a hang on one process.
-
-    JAX retries the coordinator for ``timeout_s``, so processes may start in any
-    order, and then aborts the process (no exception): hence the log line first.
+    ``coordinator='auto'``: JAX detects the cluster (Slurm, Open MPI, Kubernetes, Cloud TPU or
+    $JAX_COORDINATOR_ADDRESS), a given count or id overriding what it finds; otherwise all three are
+    needed. They are checked here: a typo is one error naming the flag, not a traceback or a hang. JAX
+    retries the coordinator for ``timeout_s`` and then aborts the process: hence the log line first.
     """
-    if coordinator is None and num_processes is None and process_id is None:
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if all(value is None for value in given.values()):
         return False
     if coordinator != "auto":
-        given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
         if missing := [f"--{flag}" for flag, value in given.items() if value is None]:
             raise UserError("a multi-process run needs --coordinator=HOST:PORT, --num_processes=N and "
                             f"--process_id=I, or --coordinator=auto on a cluster; missing {', '.join(missing)}")
@@ -113,12 +108,9 @@ class Shardings:
 
 
 def place(tree: Any, shardings: Any) -> Any:
-    """Put host or device values onto ``shardings`` (a tree prefix of ``tree``).
-
-    Every process may pass the same full (global) host value, as the data
-    pipeline does: each transfers only the slices its own devices hold.
-    Arrays already placed so are not copied.
-    """
+    """Put host or device values onto ``shardings`` (a tree prefix of ``tree``); arrays already placed
+    so are not copied. Every process may pass the same full (global) host value, as the data pipeline
+    does: each transfers only the slices its own devices hold."""
     return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: _place(x, s), sub),
                         shardings, tree, is_leaf=lambda x: isinstance(x, Sharding) or x is None)
 

@@ -2,8 +2,5 @@
 
 
 class UserError(Exception):
-    """Bad input from the user (config, corpus, checkpoint, prompt).
-
-    The CLIs print ``error: <message>`` and exit non-zero instead of a traceback;
-    the message must say what is wrong and what to do.
-    """
+    """Bad input from the user (config, corpus, checkpoint, prompt): the CLIs print ``error: <message>``
+    instead of a traceback, so the message must say what is wrong and what to do."""

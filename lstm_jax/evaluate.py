@@ -4,11 +4,10 @@
   python -m lstm_jax.evaluate --workdir runs/shakespeare --split test
   python -m lstm_jax.evaluate --workdir runs/shakespeare --path other.txt --latest
 
-Every token of the split (or file) is a target, each after the one before it,
-scored in batch_size parallel streams whose state carries through the whole
-stream (each stream starts from zeros), as training scores its held-out
-split. A file is read with the checkpoint's vocabulary; tokens it lacks count
-as <unk> and are reported.
+Every token of the split (or file) is a target, each after the one before it, scored in batch_size
+parallel streams whose state carries through the whole stream (from zeros), as training scores its
+held-out split. A file is read with the checkpoint's vocabulary; tokens it lacks count as <unk> and
+are reported.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ def score_ids(loaded: checkpoint.Loaded, ids, start: int, end: int) -> dict:
     c = loaded.config
     streams = batches.heldout_streams(ids, start, end, c.batch_size, c.num_steps)
     total = steps.eval_loss_sum(loaded.model, loaded.params, streams.X, streams.Y, streams.mask)
-    return {**steps.scores(total, streams.num_tokens, "eval"),
-            "num_tokens": streams.num_tokens}
+    return {**steps.scores(total, streams.num_tokens, "eval"), "num_tokens": streams.num_tokens}
 
 
 def evaluate(workdir: str, split: str = "val", path: str | None = None, best: bool = True,

@@ -50,20 +50,14 @@ class Experiment:
         model = models.from_config(c, len(corpus.vocab))
         return cls(c, corpus, model, make_optimizer(c, c.num_epochs * n), n, heldout)
 
-    def epoch_batches(self, epoch: int, seed: int | None = None) -> batches.EpochBatches:
+    def epoch_batches(self, epoch: int) -> batches.EpochBatches:
         """Epoch ``epoch``'s minibatches: a pure function of (seed, epoch)."""
         c = self.config
-        seed = c.seed if seed is None else seed
         return batches.EpochBatches(self.corpus.train, c.batch_size, c.num_steps, c.data.random_iter,
-                                 np.random.default_rng([seed, epoch]))
+                                    np.random.default_rng([c.seed, epoch]))
 
     def init_train_state(self) -> TrainState:
         return init_train_state(self.model, self.optimizer, jax.random.key(self.config.seed))
-
-    @property
-    def dropout_key(self) -> np.ndarray:
-        """The run's dropout key as raw data (``steps.train_block`` folds in the step)."""
-        return np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1)))
 
     @property
     def block_length(self) -> int:
@@ -83,7 +77,8 @@ class Experiment:
         """``steps.train_block`` on this run's model: the batch rows and state rows split over
         devices, the rest replicated (host numpy is fine); returns (ts, state, metrics)."""
         sh = self.shardings
-        args = distributed.place((ts, state, X_NxBxT, Y_NxBxT, np.int32(n), self.dropout_key),
+        dropout_key = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))  # raw data
+        args = distributed.place((ts, state, X_NxBxT, Y_NxBxT, np.int32(n), np.asarray(dropout_key)),
                                  (sh.replicated, sh.rows, sh.blocks, sh.blocks, sh.replicated, sh.replicated))
         return steps.train_block(self.model, self.optimizer, self.config.data.random_iter, *args, shardings=sh)
 
@@ -110,32 +105,27 @@ class Experiment:
         return ts, state, time.perf_counter() - start
 
 
-def memory_estimate(exp: Experiment) -> int:
-    """Bytes a train step needs, roughly: parameters, gradients and optimizer state, and
-    what the backward pass keeps per token (gates, cells, hidden states, logits)."""
+def check_memory(exp: Experiment, log: Callable[[str], None]) -> None:
+    """Refuse a model that cannot fit, before anything is allocated or compiled.
+
+    The estimate, in float32s: parameters, gradients, the updated copy and transposed weights, the
+    optimizer's slots, and what the backward pass keeps per token (gates, cells, hidden states, logits).
+    """
     c, m = exp.config, exp.model
-    params = m.num_params()
     slots = {"sgd": 0, "adam": 2, "adamw": 2}[c.optimizer]
     per_token = m.num_layers * 10 * c.num_hiddens + 4 * m.vocab_size + 4 * c.embed_dim
-    # parameters, gradients, the updated copy and transposed weights; the optimizer's slots
-    return 4 * (params * (4 + slots) + c.batch_size * c.num_steps * per_token)
-
-
-def check_memory(exp: Experiment, log: Callable[[str], None]) -> None:
-    """Refuse a model that cannot fit, before anything is allocated or compiled."""
+    need = 4 * (m.num_params() * (4 + slots) + c.batch_size * c.num_steps * per_token)
     device = jax.local_devices()[0]
     if device.platform == "cpu":
         have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
     else:
         have, where = (device.memory_stats() or {}).get("bytes_limit"), f"the {device.device_kind}"
-    need = memory_estimate(exp)
     if not have:
         return
     gb = lambda b: f"{b / 2**30:.1f} GB"
     if need > have:
-        raise UserError(f"this model needs about {gb(need)} to train (parameters, gradients, optimizer "
-                        f"state and activations of a {exp.config.batch_size} x {exp.config.num_steps} "
-                        f"minibatch) but {where} has {gb(have)}; use a "
-                        "smaller num_hiddens, num_layers or batch_size")
+        raise UserError(f"this model needs about {gb(need)} to train (parameters, gradients, optimizer state and "
+                        f"activations of a {c.batch_size} x {c.num_steps} minibatch) but {where} has {gb(have)}; "
+                        "use a smaller num_hiddens, num_layers or batch_size")
     if need > 0.7 * have:
         log(f"warning: this model needs about {gb(need)} of the {gb(have)} available")

@@ -14,19 +14,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 
-# --------------------------------------------------------------------------
 # A run's metrics and log lines
-# --------------------------------------------------------------------------
 
 
 class MetricsWriter:
-    """One JSON object per line, flushed at once, so a crash loses nothing written.
-
-    Every line has ``epoch`` (1-based, the epoch it ends in), ``step``,
-    ``elapsed_s``, ``train_loss``, ``train_ppl``, ``grad_norm``,
-    ``tokens_per_sec``; an evaluated line adds ``val_loss`` (nats/token),
-    ``val_bpc`` and ``val_ppl``.
-    """
+    """One JSON object per line, flushed at once, so a crash loses nothing written. Every line has
+    ``epoch`` (1-based, the epoch it ends in), ``step``, ``elapsed_s``, ``train_loss``, ``train_ppl``,
+    ``grad_norm``, ``tokens_per_sec``; an evaluated line adds ``val_loss`` (nats/token), ``val_bpc``, ``val_ppl``."""
 
     def __init__(self, path: str):
         self.path = path
@@ -83,8 +77,7 @@ class Progress:
                  log: Callable[[str], None] = print, every_s: float = 60.0):
         self.total, self.n, self.unit = total, initial, unit
         self._bar, self._log, self._every = None, log, every_s
-        self._last = time.monotonic()
-        self._enabled = enabled
+        self._last, self._enabled = time.monotonic(), enabled
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -106,9 +99,7 @@ class Progress:
             self._bar.close()
 
 
-# --------------------------------------------------------------------------
 # Plots
-# --------------------------------------------------------------------------
 
 
 def _pyplot():
@@ -124,8 +115,7 @@ def plot_perplexity(records: Iterable[dict], path: str, title: str = "") -> None
     """Perplexity against epoch (or step, when evaluated within epochs), training and held-out."""
     plt = _pyplot()
     records = list(records)
-    by_step = len({r["epoch"] for r in records}) < len(records)
-    x = "step" if by_step else "epoch"
+    x = "step" if len({r["epoch"] for r in records}) < len(records) else "epoch"  # evaluated within epochs
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot([r[x] for r in records], [r["train_ppl"] for r in records], label="train")
     val = [(r[x], r["val_ppl"]) for r in records if r.get("val_ppl") is not None]
@@ -144,18 +134,14 @@ def plot_perplexity(records: Iterable[dict], path: str, title: str = "") -> None
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------
 # A sweep's tables and plots: one row per trial, scored by held-out or training perplexity.
-# --------------------------------------------------------------------------
 
 
 def score(result: dict) -> float:
     """What ranks trials: final held-out perplexity if there is one, else final training perplexity."""
-    if result.get("status") != "ok":
-        return math.inf
     v = result.get("final_val_ppl")
     v = result.get("final_ppl") if v is None else v
-    return math.inf if v is None else float(v)
+    return float(v) if result.get("status") == "ok" and v is not None else math.inf
 
 
 def score_name(results: Sequence[dict]) -> str:
@@ -164,8 +150,7 @@ def score_name(results: Sequence[dict]) -> str:
 
 
 def best_trial(results: Sequence[dict]) -> dict | None:
-    ok = [r for r in results if math.isfinite(score(r))]
-    return min(ok, key=score) if ok else None
+    return min((r for r in results if math.isfinite(score(r))), key=score, default=None)
 
 
 def dumps(obj) -> str:
@@ -188,8 +173,7 @@ def write_tables(out: str, results: Sequence[dict], columns: Sequence[str]) -> N
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    for r in results:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    writer.writerows(results)  # a missing value or None is an empty cell
     write_atomic(os.path.join(out, "results.csv"), buf.getvalue())
     write_atomic(os.path.join(out, "results.json"),
                  dumps([{**{k: r.get(k) for k in columns}, "curve": r.get("curve", [])} for r in results]))
@@ -219,10 +203,10 @@ def format_table(results: Sequence[dict], rows: str, cols: str) -> str:
     """A text table: ``rows`` x ``cols``, mean over the other grid axes (seeds, ...)."""
     row_values, col_values, table, failed = cell_table(results, rows, cols)
     head = f"final {score_name(results)} (mean over the other axes; 'failed' = nothing finished)"
-    names = [f"{_short(cols)} {v:g}" if isinstance(v, float) else f"{_short(cols)} {v}" for v in col_values]
+    names = [f"{cols} {v:g}" if isinstance(v, float) else f"{cols} {v}" for v in col_values]
     width = max(9, *(len(c) + 2 for c in names))
-    first = max(8, len(_short(rows)) + 2, *(len(str(a)) + 2 for a in row_values))
-    lines = [head, f"{_short(rows):<{first}}" + "".join(c.rjust(width) for c in names)]
+    first = max(8, len(rows) + 2, *(len(str(a)) + 2 for a in row_values))
+    lines = [head, f"{rows:<{first}}" + "".join(c.rjust(width) for c in names)]
     for i, a in enumerate(row_values):
         cells = ["failed" if np.isnan(v) else f"{v:.2f}" + ("*" if failed[i, j] else "")
                  for j, v in enumerate(table[i])]
@@ -230,13 +214,6 @@ def format_table(results: Sequence[dict], rows: str, cols: str) -> str:
     if (failed > 0)[np.isfinite(table)].any():
         lines.append("* some trials of this cell failed; the mean is over the others")
     return "\n".join(lines)
-
-
-_SHORT = {"num_hiddens": "hidden", "learning_rate": "lr", "seed": "seed"}
-
-
-def _short(field: str) -> str:
-    return _SHORT.get(field, field)
 
 
 def plot_heatmap(results: Sequence[dict], path: str, rows: str, cols: str, title: str = "") -> None:
@@ -258,8 +235,8 @@ def plot_heatmap(results: Sequence[dict], path: str, rows: str, cols: str, title
         fig.colorbar(im, ax=ax, label=f"final {score_name(results)}", format=ScalarFormatter())
     ax.set_xticks(range(len(col_values)), [f"{v:g}" if isinstance(v, float) else str(v) for v in col_values])
     ax.set_yticks(range(len(row_values)), [str(v) for v in row_values])
-    ax.set_xlabel(_short(cols))
-    ax.set_ylabel(_short(rows))
+    ax.set_xlabel(cols)
+    ax.set_ylabel(rows)
     for i in range(len(row_values)):
         for j in range(len(col_values)):
             v = table[i, j]
@@ -294,7 +271,7 @@ def plot_curves(results: Sequence[dict], path: str, panels: str, colours: str, t
             curve = r.get("curve") or []
             xs, ys = [p.get("epoch") for p in curve], [p["train_ppl"] for p in curve]
             k = colour_values.index(r[colours])
-            label = None if k in labelled else f"{_short(colours)} {r[colours]}"
+            label = None if k in labelled else f"{colours} {r[colours]}"
             labelled.add(k)
             ax.plot(xs, ys, color=palette[k], label=label, linewidth=1.2)
             if r.get("status") == "failed" and xs:
@@ -303,7 +280,7 @@ def plot_curves(results: Sequence[dict], path: str, panels: str, colours: str, t
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{_short(panels)} {value}")
+        ax.set_title(f"{panels} {value}")
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3, which="both")
     axes[0][0].set_ylabel("training perplexity")

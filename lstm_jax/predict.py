@@ -4,15 +4,13 @@
   python -m lstm_jax.predict --workdir runs/shakespeare --prefix "ROMEO:" --temperature 0.8 --num_chars 300
   python -m lstm_jax.predict --workdir runs/concise --prefix "the" --prefix "time" --top_k 5 --seed 1
 
-Loads the latest checkpoint of --workdir (--best: the best-validation one;
---step N: that one). The checkpoint holds the config and vocabulary that
-trained it, so neither the corpus nor the config file is needed. Prompts are
-normalized as the training text was. Greedy (argmax, d2l's predict_ch8)
-unless --temperature > 0 or --top_k is given, which sample (--top_k alone
-samples at temperature 1); each prefix draws from its own key.
+Loads the latest checkpoint of --workdir (--best: the best-validation one; --step N: that one). The
+checkpoint holds the config and vocabulary that trained it, so neither the corpus nor the config file
+is needed. Prompts are normalized as the training text was. Greedy (argmax, d2l's predict_ch8) unless
+--temperature > 0 or --top_k is given, which sample (--top_k alone samples at temperature 1); each
+prefix draws from its own key.
 
-As a library: :func:`continue_text` (d2l's ``predict_ch8`` as one compiled
-``lax.scan``, no Python per generated token) and :func:`generate`.
+As a library: :func:`continue_text` (d2l's ``predict_ch8`` as one compiled ``lax.scan``), :func:`generate`.
 """
 
 from __future__ import annotations
@@ -33,11 +31,8 @@ from lstm_jax.models import LanguageModel
 @functools.partial(jax.jit, static_argnames=("model", "num_preds", "temperature", "top_k"))
 def generate(model: LanguageModel, params, prefix_ids: jax.Array, key: jax.Array, *,
              num_preds: int, temperature: float = 0.0, top_k: int = 0) -> jax.Array:
-    """Token ids that follow ``prefix_ids`` (P,), shape (num_preds,).
-
-    Warm up on all prefix tokens but the last, then feed back each prediction,
-    as d2l's ``predict_ch8``. No Python runs per generated token.
-    """
+    """Token ids that follow ``prefix_ids`` (P,), shape (num_preds,): warm up on all prefix tokens but
+    the last, then feed back each prediction, as d2l's ``predict_ch8``; no Python per generated token."""
     state = model.initial_state(1)
     if prefix_ids.shape[0] > 1:  # a static shape, so this is a trace-time branch
         _, state = model.apply(params, state, prefix_ids[None, :-1])
@@ -62,10 +57,7 @@ def generate(model: LanguageModel, params, prefix_ids: jax.Array, key: jax.Array
 
 
 def encode_prefix(vocab: Vocab, prefix: str, warn: bool = True) -> jax.Array:
-    """Prompt -> ids, normalized as the training text was.
-
-    Unknown tokens become ``<unk>`` as in d2l, with a warning naming them.
-    """
+    """Prompt -> ids, normalized as the training text was; unknown tokens become ``<unk>`` (d2l), with a warning."""
     tokens = vocab.split(prefix)
     if not tokens:
         raise UserError(f"the prefix {prefix!r} is empty once normalized like the training text: "
@@ -120,10 +112,9 @@ def main() -> None:
         for i, prefix in enumerate(FLAGS.prefix):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                text = continue_text(
-                    loaded.model, loaded.params, loaded.vocab, prefix, FLAGS.num_chars,
-                    temperature=temperature, top_k=FLAGS.top_k,
-                    key=jax.random.fold_in(jax.random.key(FLAGS.seed), i))
+                text = continue_text(loaded.model, loaded.params, loaded.vocab, prefix, FLAGS.num_chars,
+                                     temperature=temperature, top_k=FLAGS.top_k,
+                                     key=jax.random.fold_in(jax.random.key(FLAGS.seed), i))
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)
             print(text)

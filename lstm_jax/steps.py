@@ -1,10 +1,8 @@
 """The pure functions training and evaluation are made of: one update, a block of them, a scored split.
 
-Nothing here touches files, flags or the clock. The compiled programs are
-module-level ``jax.jit``s whose static arguments are the model and optimizer
-*by value* (small frozen dataclasses of config fields): runs in one process
-that describe the same model share one program, with no cache of our own.
-:mod:`lstm_jax.train` runs them.
+Nothing here touches files, flags or the clock. The compiled programs are module-level ``jax.jit``s
+whose static arguments are the model and optimizer *by value* (small frozen dataclasses of config
+fields): runs in one process that describe the same model share one program, with no cache of ours.
 """
 
 from __future__ import annotations
@@ -33,10 +31,9 @@ class TrainState(NamedTuple):
 class Optimizer:
     """Clipping (d2l's ``grad_clipping``), then SGD, Adam or AdamW under the schedule, by value.
 
-    The (peak) learning rate is an injected hyperparameter: it lives in the
-    optimizer state, not in the program, so it takes no part in comparisons
-    (runs that differ only in it share one compiled program). The schedule's
-    shape (warm-up, cosine over ``total_steps``) is part of the program.
+    The (peak) learning rate is an injected hyperparameter: it lives in the optimizer state, not in the
+    program, so it takes no part in comparisons (runs that differ only in it share one compiled
+    program). The schedule's shape (warm-up, cosine over ``total_steps``) is part of the program.
     """
 
     name: str
@@ -60,11 +57,8 @@ class Optimizer:
                 return learning_rate * scale
 
             sched = rate if (warmup or cosine) else learning_rate
-            if self.name == "sgd":
-                return optax.sgd(sched)
-            if self.name == "adam":
-                return optax.adam(sched)
-            return optax.adamw(sched, weight_decay=self.weight_decay)
+            extra = {"weight_decay": self.weight_decay} if self.name == "adamw" else {}
+            return getattr(optax, self.name)(sched, **extra)  # optax.sgd, adam or adamw
 
         return optax.chain(optax.clip_by_global_norm(self.grad_clip),
                            optax.inject_hyperparams(optimizer)(learning_rate=self.learning_rate))
@@ -76,8 +70,7 @@ class Optimizer:
         return self.transform().update(grads, opt_state, params)
 
 
-def make_optimizer(config, total_steps: int) -> Optimizer:
-    c = config
+def make_optimizer(c, total_steps: int) -> Optimizer:
     return Optimizer(c.optimizer, float(c.grad_clip), float(c.weight_decay), int(c.warmup_steps),
                      c.lr_schedule == "cosine", int(total_steps), float(c.learning_rate))
 
@@ -108,17 +101,13 @@ def train_step(model: LanguageModel, optimizer, ts: TrainState, state: LSTMState
                    donate_argnames=("ts", "state"))
 def train_block(model: LanguageModel, optimizer: Optimizer, random_iter: bool, ts: TrainState, state: LSTMState,
                 X_NxBxT, Y_NxBxT, n, key_data, shardings=None):
-    """The first ``n`` of N minibatches as one loop: one compiled program for any n <= N
-    (``n = 0`` compiles it and changes nothing).
+    """The first ``n`` of N minibatches as one loop: one compiled program for any n <= N (``n = 0``
+    compiles it and changes nothing); returns per-minibatch metrics, (N,) each, zero past n.
 
-    As d2l's ``train_epoch_ch8``: with sequential partitioning the hidden state
-    flows from one minibatch into the next, detached (gradients stop at the
-    minibatch boundary); with random partitioning it restarts from zeros.
-    Returns per-minibatch metrics, (N,) each; entries past n are zero. Dropout's
-    key travels as its raw data (``jax.random.key_data``): a host value that every
-    process of a multi-process run can pass. ``shardings`` (``distributed.Shardings``)
-    keeps the train state replicated and the state's rows split, as they came in,
-    so that each call takes its inputs as the last one left them.
+    As d2l's ``train_epoch_ch8``: with sequential partitioning the hidden state flows from one minibatch
+    into the next, detached; with random partitioning it restarts from zeros. Dropout's key travels as
+    raw data (``jax.random.key_data``), a host value every process can pass. ``shardings`` keeps the
+    train state replicated and the state's rows split, so each call takes its inputs as the last left them.
     """
     N, B = X_NxBxT.shape[:2]
     key = jax.random.wrap_key_data(key_data)
@@ -149,12 +138,8 @@ def eval_loss_sum(model: LanguageModel, params, X_NxBxC, Y_NxBxC, mask_NxBxC, n=
         return state, total + jnp.sum(loss * mask_NxBxC[i])
 
     n = X_NxBxC.shape[0] if n is None else n
-    total = jnp.zeros((), jnp.promote_types(params_dtype(params), jnp.float32))
+    total = jnp.zeros((), jnp.promote_types(jax.tree.leaves(params)[0].dtype, jnp.float32))
     return jax.lax.fori_loop(0, n, body, (model.initial_state(X_NxBxC.shape[1]), total))[1]
-
-
-def params_dtype(params):
-    return jax.tree.leaves(params)[0].dtype
 
 
 def perplexity(mean_loss) -> float:
@@ -167,15 +152,6 @@ def scores(loss_sum: float, num_tokens: int, split: str) -> dict:
     """``<split>_loss`` (nats/token), ``_bpc`` (bits/token) and ``_ppl`` of a summed loss."""
     loss = float(loss_sum) / num_tokens
     return {f"{split}_loss": loss, f"{split}_bpc": loss / math.log(2), f"{split}_ppl": perplexity(loss)}
-
-
-def check_finite(losses: np.ndarray, epoch: int, config) -> str | None:
-    """Why training must stop (a loss that is nan or inf), or None."""
-    bad = losses[~np.isfinite(losses)]
-    if not bad.size:
-        return None
-    return (f"the training loss became {bad[0]} in epoch {epoch + 1} (learning_rate={config.learning_rate}, "
-            f"grad_clip={config.grad_clip})")
 
 
 def train_record(epoch: int, step: int, elapsed_s: float, losses, grad_norms, tokens: int,

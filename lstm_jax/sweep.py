@@ -5,12 +5,10 @@
   python -m lstm_jax.sweep --config experiments/shakespeare.py --grid num_layers=1,2 --grid dropout=0,0.2
   python -m lstm_jax.sweep ... --shard 0/4      # this process's quarter; any launcher, one shared --out
 
-A *trial* is the base config with the grid's fields set, trained by the one
-training loop (``train.train_and_evaluate``) into --out/trials/<name>/, so every
-field (time budgets, evaluation, checkpoints, the test split) works as in a
-single run, and a stopped trial resumes mid-way. Run the same command again to
-resume the sweep. Outputs in --out: results.csv, results.json, heatmap.png,
-curves.png, best.json; docs/sweeps.md has it all.
+A trial is the base config with the grid's fields set, trained by the one training loop into
+--out/trials/<name>/, so every config field works as in a single run. Run the same command again to
+resume the sweep. Outputs in --out: results.csv, results.json, heatmap.png, curves.png, best.json
+(docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ if __name__ == "__main__":  # before JAX is imported: a Ctrl-C while starting ex
     cli.exit_on_interrupt_while_starting()
 
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -55,18 +52,12 @@ class Trial:
         return f"h{v['num_hiddens']}_lr{float(v['learning_rate'])!r}_s{v['seed']}{extra}"
 
 
-def _get(config, field: str):
-    for key in field.split("."):
-        config = config[key]
-    return config
-
-
 def parse_values(config, field: str, text: str) -> list:
     """``--grid field=a,b,c`` values, typed as the config field is."""
     field = ALIASES.get(field, field)
     try:
-        current = _get(config, field)
-    except (KeyError, AttributeError):
+        current = config[field]
+    except (KeyError, TypeError):
         raise UserError(f"--grid {field}: the config has no field '{field}'") from None
     kind = type(current) if current is not None else str
     if kind is tuple or isinstance(current, ml_collections.ConfigDict):
@@ -82,19 +73,11 @@ def parse_values(config, field: str, text: str) -> list:
 
 def grid_axes(config, overrides: dict | None = None) -> dict:
     """Field -> values: ``overrides`` (the command line) win, then ``config.sweep``, then the config's value."""
-    axes = {}
-    sweep = config.get("sweep") or ml_collections.ConfigDict()
-
-    def walk(section, prefix=""):
-        for key, value in section.items():
-            if isinstance(value, ml_collections.ConfigDict):
-                walk(value, f"{prefix}{key}.")
-            elif value:
-                axes[ALIASES.get(prefix + key, prefix + key)] = list(value)
-    walk(sweep)
+    sweep = configs.flatten(configs.as_dict(config.get("sweep") or {}))
+    axes = {ALIASES.get(field, field): list(values) for field, values in sweep.items() if values}
     axes.update(overrides or {})
     for field in ("num_hiddens", "learning_rate", "seed"):
-        axes.setdefault(field, [_get(config, field)])
+        axes.setdefault(field, [config[field]])
     return axes
 
 
@@ -118,8 +101,8 @@ def trial_config(config, trial: Trial) -> ml_collections.ConfigDict:
     """The full config of one trial: what ``python -m lstm_jax.train`` would run."""
     c = base_config(config)
     for field, value in trial.values:
-        *parents, leaf = field.split(".")
-        section = functools.reduce(lambda s, k: s[k], parents, c)
+        parent, _, leaf = field.rpartition(".")
+        section = c[parent] if parent else c
         section[leaf] = float(value) if isinstance(section[leaf], float) else value
     return c
 
@@ -129,14 +112,6 @@ def _result(trial: Trial, config, **fields) -> dict:
     return {"trial": trial.name, **grid, "model": config.model, "status": "ok", "reason": "",
             "final_ppl": None, "final_val_ppl": None, "best_val_loss": None, "test_loss": None, "epochs": 0,
             "tokens_per_sec": None, "train_s": None, "wall_s": None, "curve": [], **fields}
-
-
-def _failed(trial, config, error: BaseException) -> dict:
-    return _result(trial, config, status="failed", reason=(str(error).strip().splitlines() or [""])[0])
-
-
-def _curve(records: list[dict]) -> list[dict]:
-    return [{k: r[k] for k in ("epoch", "step", "train_ppl", "val_ppl", "val_loss") if k in r} for r in records]
 
 
 def run_solo(config, trial: Trial, out: str, should_stop) -> dict | None:
@@ -149,18 +124,19 @@ def run_solo(config, trial: Trial, out: str, should_stop) -> dict | None:
     except UserError as e:
         if "is in use by another process" in str(e):
             raise
-        return _failed(trial, cfg, e)
+        return _result(trial, cfg, status="failed", reason=(str(e).strip().splitlines() or [""])[0])
     if s.get("interrupted"):
         return None
-    records = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    curve = [{k: r[k] for k in ("epoch", "step", "train_ppl", "val_ppl", "val_loss") if k in r}
+             for r in metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))]
     return _result(trial, cfg, final_ppl=s.get("final_train_ppl"), final_val_ppl=s.get("final_val_ppl"),
                    best_val_loss=s.get("best_val_loss"), test_loss=s.get("test_loss"), epochs=s.get("epochs"),
                    tokens_per_sec=s.get("tokens_per_sec_median"), train_s=s.get("train_s"),
-                   wall_s=time.perf_counter() - start, curve=_curve(records))
+                   wall_s=time.perf_counter() - start, curve=curve)
 
 
-def trial_dir(out: str, trial: Trial | str) -> str:
-    return os.path.join(out, "trials", trial if isinstance(trial, str) else trial.name)
+def trial_dir(out: str, trial: Trial) -> str:
+    return os.path.join(out, "trials", trial.name)
 
 
 def load_results(out: str) -> dict[str, dict]:
@@ -220,10 +196,8 @@ def write_outputs(out: str, config, trials: Sequence[Trial], config_file=None, o
                            f"{title}: final {metrics.score_name(results)}")
     metrics.plot_curves(results, os.path.join(out, "curves.png"), rows, cols, title)
     best = metrics.best_trial(results)
-    command = None
-    if best is not None:
-        trial = next((t for t in trials if t.name == best["trial"]), None)
-        command = reproduce_command(trial, config_file, overrides, os.path.join(out, "best")) if trial else None
+    trial = next((t for t in trials if best and t.name == best["trial"]), None)
+    command = reproduce_command(trial, config_file, overrides, os.path.join(out, "best")) if trial else None
     metrics.write_atomic(os.path.join(out, "best.json"), metrics.dumps({"best": best, "command": command}))
     return {"results": results, "best": best, "command": command}
 
@@ -245,7 +219,7 @@ def run_sweep(config, trials: Sequence[Trial], out: str, *, shard: tuple = (0, 1
         raise UserError("the sweep has no trials")
     index, count = shard
     lock = ".lock" if count == 1 else f".lock-shard-{index}-of-{count}"
-    with checkpoint.Lock(out, lock, "a sweep"):
+    with checkpoint.locked(out, lock, "a sweep"):
         check_sweep_dir(out, config, [k for k, _ in trials[0].values])
         done = load_results(out)
         mine = [t for i, t in enumerate(trials) if i % count == index]
@@ -289,7 +263,7 @@ def main() -> None:
     flags.DEFINE_boolean("retry_failed", False, "On resume, run failed trials again (default: keep them).")
     flags.DEFINE_boolean("dry_run", False, "Print the trials, then exit.")
     flags.DEFINE_enum("mode", "solo", ["auto", "solo", "vmap"], "Old command lines: trials run one at a time "
-                      "(auto and solo); vmap was removed in 0.3 (docs/sweeps.md).")
+                      "(auto, solo and --no-vmap); vmap was removed in 0.3 (docs/sweeps.md).")
     flags.DEFINE_boolean("report", False, "Write the tables and plots from what has finished; train nothing.")
     F = flags.FLAGS
 
@@ -323,13 +297,12 @@ def main() -> None:
         if summary["stopped"]:
             print(f"stopped: {summary['ran']} trials were left to run; run the same command again to resume")
             return True
-        results = summary["results"]
+        results, best = summary["results"], summary["best"]
         print(f"\n{len(results)} finished trials in {out} ({summary['ran']} trained now in "
               f"{summary['elapsed_s']:.1f} s, {summary['skipped']} already finished), "
               f"{sum(r['status'] != 'ok' for r in results)} failed")
         if results:
             print(metrics.format_table(results, *axes_to_plot(trials)))
-        best = summary["best"]
         if best is None:
             print("no trial finished: every trial failed (see results.csv, column 'reason')")
         else:

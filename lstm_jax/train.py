@@ -5,20 +5,18 @@
   python -m lstm_jax.train --config experiments/scratch.py --workdir runs/try1 \\
       --config.num_hiddens=512 --config.learning_rate=2.0 --config.data.path=my.txt
 
-Any field of the config can be overridden with --config.<field>=<value>
-(--help lists them, docs/config.md explains them; misspelled fields are refused). Outputs go to
---workdir (default runs/<config file name>): metrics.jsonl, perplexity.png,
-summary.json, config.json, vocab.json, checkpoints/ and best/. A workdir that
-holds checkpoints is resumed; Ctrl-C saves a checkpoint and stops. Continue
-text with python -m lstm_jax.predict --workdir DIR; score a checkpoint with
+Any field of the config can be overridden with --config.<field>=<value> (--help lists them,
+docs/config.md explains them; misspelled fields are refused). Outputs go to --workdir (default
+runs/<config file name>): metrics.jsonl, perplexity.png, summary.json, config.json, vocab.json,
+checkpoints/ and best/. A workdir that holds checkpoints is resumed; Ctrl-C saves a checkpoint and
+stops. Continue text with python -m lstm_jax.predict --workdir DIR; score a checkpoint with
 python -m lstm_jax.evaluate --workdir DIR.
 
-A run is a function of its config: the seed fixes the initial weights, every
-epoch's minibatches and dropout; on machines of the same kind (CPU model and
-flags) the numbers repeat bit for bit. Every device JAX sees is used (data
-parallel, lstm_jax/distributed.py); with several processes (hosts), run the
-same command in each, adding --coordinator=auto (Slurm, Open MPI, ...) or
---coordinator=HOST0:PORT --num_processes=N --process_id=I
+A run is a function of its config: the seed fixes the initial weights, every epoch's minibatches and
+dropout; on machines of the same kind (CPU model and flags) the numbers repeat bit for bit. Every
+device JAX sees is used (data parallel); with several processes (hosts), run the same command in
+each, adding --coordinator=auto (Slurm, Open MPI, ...) or --coordinator=HOST0:PORT --num_processes=N
+--process_id=I
 """
 
 from __future__ import annotations
@@ -82,8 +80,7 @@ def _resume(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -
                                            check=check)
     meta = r.meta
     partial = meta.get("partial") or {}
-    pending = {"loss": [np.asarray(partial.get("loss", []), np.float32)],
-               "grad_norm": [np.asarray(partial.get("grad_norm", []), np.float32)],
+    pending = {**{k: [np.asarray(partial.get(k, []), np.float32)] for k in ("loss", "grad_norm")},
                "seconds": float(partial.get("seconds", 0.0))}
     if distributed.is_main_process():
         metrics.MetricsWriter(os.path.join(workdir, "metrics.jsonl")).truncate_after(r.step)
@@ -94,29 +91,23 @@ def _resume(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -
                     pending, float(meta.get("elapsed_s", 0.0)))
 
 
-def _save(ckpts: checkpoint.Checkpoints, exp: Experiment, pos: Position, extra: dict | None = None) -> int:
+def _save(ckpts: checkpoint.Checkpoints, exp: Experiment, pos: Position) -> int:
     p = pos.pending
-    partial = {"loss": np.concatenate(p["loss"]).tolist() if p["loss"] else [],
-               "grad_norm": np.concatenate(p["grad_norm"]).tolist() if p["grad_norm"] else [],
+    partial = {**{k: np.concatenate(p[k]).tolist() if p[k] else [] for k in ("loss", "grad_norm")},
                "seconds": p["seconds"]}
     step = int(pos.ts.step)
-    ckpts.save(step, {"train_state": pos.ts, "lstm_state": pos.state},
-               {"epoch": pos.epoch, "batch": pos.done, "partial": partial, "elapsed_s": pos.elapsed_s,
-                **(extra or {})}, exp.config, exp.corpus.vocab)
+    ckpts.save(step, {"train_state": pos.ts, "lstm_state": pos.state}, {"epoch": pos.epoch, "batch": pos.done,
+               "partial": partial, "elapsed_s": pos.elapsed_s}, exp.config, exp.corpus.vocab)
     return step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        log: Callable[[str], None] = print, progress: bool = True,
                        should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Train as the config says, writing metrics, plots and checkpoints into ``workdir``.
-
-    A workdir that already holds checkpoints is resumed from the latest one;
-    one that holds results but no checkpoint is refused. ``should_stop`` is
-    polled after each compiled call: when it turns true the run saves a
-    checkpoint where it stands and returns (``interrupted`` set). Returns a
-    summary (perplexities and losses, speeds, compile time, continuations).
-    """
+    """Train as the config says, writing metrics, plots and checkpoints into ``workdir``; returns a
+    summary. A workdir that holds checkpoints is resumed from the latest, one that holds results but
+    no checkpoint is refused. ``should_stop`` is polled after each compiled call: when it turns true
+    the run saves a checkpoint where it stands and returns (``interrupted`` set)."""
     exp = Experiment.from_config(config)
     is_main = distributed.is_main_process()
     if not is_main:  # every process trains; only process 0 writes or logs
@@ -127,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"{len(exp.corpus.train):,} training tokens ({exp.batches_per_epoch} minibatches of "
         f"{c.batch_size}x{c.num_steps} per epoch), corpus {exp.corpus.source}")
     check_memory(exp, log)
-    with checkpoint.Lock(workdir) if is_main else contextlib.nullcontext():
+    with checkpoint.locked(workdir) if is_main else contextlib.nullcontext():
         if is_main:
             if c.overwrite:
                 checkpoint.clear(workdir)
@@ -228,11 +219,12 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
             pending["seconds"] += seconds
             done, step = done + n, step + n
             bar.update(n, epoch=f"{epoch + 1}/{c.num_epochs}", loss=f"{losses.mean():.3f}")
-            bad = steps.check_finite(losses, epoch, c)
-            if bad:
+            if not np.isfinite(losses).all():
                 kept = f"; the last checkpoint is {ckpts.where(last_saved)}" if last_saved is not None else ""
-                raise UserError(f"{bad}; training stopped. Metrics up to step {records[-1]['step'] if records else 0}"
-                                f" are in {metrics_path}{kept}; try a smaller learning rate")
+                raise UserError(f"the training loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1} "
+                                f"(learning_rate={c.learning_rate}, grad_clip={c.grad_clip}); training stopped. "
+                                f"Metrics up to step {records[-1]['step'] if records else 0} are in {metrics_path}"
+                                f"{kept}; try a smaller learning rate")
             # Decisions every process must take alike (evaluating and saving are collective).
             over_budget = distributed.agree(0 < c.time_budget_s <= elapsed)
             stop = over_budget or distributed.agree(should_stop())
@@ -267,8 +259,8 @@ def _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_save
     c = exp.config
     is_main = distributed.is_main_process()
     if records and is_main:
-        metrics.plot_perplexity(records, os.path.join(workdir, "perplexity.png"),
-                                  f"{c.model} {c.cell}, {c.num_layers} x {c.num_hiddens}, {c.optimizer} lr {c.learning_rate}")
+        metrics.plot_perplexity(records, os.path.join(workdir, "perplexity.png"), f"{c.model} {c.cell}, "
+                                f"{c.num_layers} x {c.num_hiddens}, {c.optimizer} lr {c.learning_rate}")
     final = records[-1] if records else {}
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     summary = {

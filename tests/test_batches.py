@@ -25,7 +25,7 @@ CORPUS = np.arange(1000, dtype=np.int32)  # token i at position i makes offsets 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sequential_iterator(seed):
     B, T = 4, 5
-    b = batches.seq_data_iter_sequential(CORPUS, B, T, np.random.default_rng(seed))
+    b = batches.EpochBatches(CORPUS, B, T, False, np.random.default_rng(seed))
     n = batches.num_batches(len(CORPUS), B, T, False)
     assert b.X.shape == b.Y.shape == (n, B, T) and len(b) == n
     np.testing.assert_array_equal(b.Y, b.X + 1)  # targets are the inputs shifted by one
@@ -36,7 +36,7 @@ def test_sequential_iterator(seed):
 
 
 def test_sequential_offsets_cover_the_range():
-    offsets = {int(batches.seq_data_iter_sequential(CORPUS, 4, 5, np.random.default_rng(s)).block(0, 1).X[0, 0, 0])
+    offsets = {int(batches.EpochBatches(CORPUS, 4, 5, False, np.random.default_rng(s)).block(0, 1).X[0, 0, 0])
                for s in range(200)}
     assert offsets == set(range(6))
 
@@ -44,7 +44,7 @@ def test_sequential_offsets_cover_the_range():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_iterator(seed):
     B, T = 4, 5
-    b = batches.seq_data_iter_random(CORPUS, B, T, np.random.default_rng(seed))
+    b = batches.EpochBatches(CORPUS, B, T, True, np.random.default_rng(seed))
     assert b.X.shape == (batches.num_batches(len(CORPUS), B, T, True), B, T)
     np.testing.assert_array_equal(b.Y, b.X + 1)
     np.testing.assert_array_equal(np.diff(b.X, axis=-1), 1)  # each row is a contiguous window
@@ -56,10 +56,9 @@ def test_random_iterator(seed):
 
 
 def test_iterators_reproducible_from_seed():
-    for it in (batches.seq_data_iter_random, batches.seq_data_iter_sequential):
-        a = it(CORPUS, 4, 5, np.random.default_rng([7, 3]))
-        b = it(CORPUS, 4, 5, np.random.default_rng([7, 3]))
-        c = it(CORPUS, 4, 5, np.random.default_rng([7, 4]))
+    for random_iter in (True, False):
+        a, b, c = (batches.EpochBatches(CORPUS, 4, 5, random_iter, np.random.default_rng(seed))
+                   for seed in ([7, 3], [7, 3], [7, 4]))
         np.testing.assert_array_equal(a.X, b.X)
         assert not np.array_equal(a.X, c.X)
 

@@ -66,7 +66,7 @@ def test_vectorized_loading_is_d2l_token_for_token(token):
     # The book's own preprocessing, on the whole book: same vocabulary order, same ids.
     path = data.corpus_path("timemachine")
     tokens = d2l_tokens(path, token)
-    vocab = data.Vocab.build(tokens, token=token)
+    vocab = data.Vocab.from_counts(collections.Counter(tokens), token=token)
     corpus = data.load_corpus(path, token, max_tokens=-1)
     assert corpus.vocab == vocab
     np.testing.assert_array_equal(corpus.ids, vocab.ids(tokens))
@@ -108,7 +108,7 @@ def test_tiny_shakespeare_is_nanogpts_split():
 
 
 def test_vocab_min_freq_reserved_unknown_and_json():
-    v = data.Vocab.build(list("aaabbc"), min_freq=2, reserved_tokens=["<pad>"])
+    v = data.Vocab.from_counts(collections.Counter("aaabbc"), min_freq=2, reserved_tokens=["<pad>"])
     assert v.idx_to_token == ("<unk>", "<pad>", "a", "b")
     assert v.ids(list("abcz")) == [2, 3, 0, 0]
     assert v.unknown(list("abzcz")) == ["z", "c"]
