@@ -72,7 +72,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 0  # linear warm-up from 0 (updates)
     c.grad_clip = 1.0  # global gradient norm bound (d2l's grad_clipping(net, 1))
     c.num_epochs = 50
-    c.time_budget_s = 0.0  # > 0: stop after this many seconds of training (compile excluded)
+    c.num_updates = 0  # > 0: the run's length in updates (and its schedule's), instead of num_epochs
+    c.time_budget_s = 0.0  # > 0: as many updates as fit in this many seconds (measured), at most num_epochs
     c.seed = 0
 
     c.eval_every_steps = 0  # held-out evaluation every N updates; 0: once per epoch
@@ -106,8 +107,8 @@ RETIRED = {
 _POSITIVE = ("num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
              "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
              "grad_clip")
-_NON_NEGATIVE = ("embed_dim", "proj_size", "weight_decay", "warmup_steps", "time_budget_s", "eval_every_steps",
-                 "data.min_freq", "data.val_fraction", "data.test_fraction")
+_NON_NEGATIVE = ("embed_dim", "proj_size", "weight_decay", "warmup_steps", "time_budget_s", "num_updates",
+                 "eval_every_steps", "data.min_freq", "data.val_fraction", "data.test_fraction")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

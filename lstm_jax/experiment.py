@@ -28,6 +28,7 @@ class Experiment:
     optimizer: Optimizer
     batches_per_epoch: int
     heldout: dict  # split name -> batches.Streams, for the non-empty held-out splits
+    num_updates: int  # the run's length and its schedule's: num_updates, or num_epochs x minibatches
     shardings: distributed.Shardings = None  # default: data parallel over all devices (one is fine)
 
     def __post_init__(self):
@@ -48,7 +49,26 @@ class Experiment:
         heldout = {name: batches.heldout_streams(corpus.ids, *corpus.splits[name], c.batch_size, c.num_steps)
                    for name in ("val", "test") if corpus.splits[name][1] > corpus.splits[name][0]}
         model = models.from_config(c, len(corpus.vocab))
-        return cls(c, corpus, model, make_optimizer(c, c.num_epochs * n), n, heldout)
+        total = c.num_updates or c.num_epochs * n
+        return cls(c, corpus, model, make_optimizer(c, total), n, heldout, total)
+
+    def with_num_updates(self, num_updates: int) -> "Experiment":
+        """The same run, ``num_updates`` long: its schedule ends there (a new compiled program)."""
+        optimizer = make_optimizer(self.config, num_updates)
+        return dataclasses.replace(self, num_updates=num_updates, optimizer=optimizer)
+
+    def measure_num_updates(self, ts, state, budget_s: float) -> int:
+        """How many updates fit in ``budget_s`` seconds of training, from the compiled step's speed on
+        copies of the train state (thrown away), at most ``num_epochs`` epochs' worth."""
+        n, block = self.block_length, self.epoch_batches(0).block(0, self.block_length)
+        seconds = []
+        for _ in range(2):  # the first call's time includes one-time work
+            copies = jax.tree.map(lambda a: a.copy(), (ts, state))
+            start = time.perf_counter()
+            _, _, m = self.train_block(*copies, block.X, block.Y, n)
+            np.asarray(m["loss"])
+            seconds.append(time.perf_counter() - start)
+        return max(1, min(int(budget_s * n / seconds[-1]), self.config.num_epochs * self.batches_per_epoch))
 
     def epoch_batches(self, epoch: int) -> batches.EpochBatches:
         """Epoch ``epoch``'s minibatches: a pure function of (seed, epoch)."""

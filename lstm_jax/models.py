@@ -234,7 +234,7 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: flo
         raise ValueError(f"lanes={lanes} does not divide the batch size {B}")
     L = num_layers(params)
     drop = key is not None and rate > 0
-    fused_head = eng.kernel == "lstm" and not drop
+    fused_head = eng.kernel is not None and not drop
     split = lambda a, axis: tuple(jnp.split(a, lanes, axis=axis))
     tokens_TxB = tokens_BxT.T
     if "embed" in params:  # dropped out as a whole, then cut into lanes
@@ -255,15 +255,15 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: flo
         if eng.prepare:
             xp = tuple(eng.prepare(p, x) for x in xp)
         s0 = tuple(c.State(*parts) for parts in zip(*(split(a[:, l], 0) for a in state)))
-        if eng.kernel != "lstm":
+        if eng.kernel is None:
             x_TxBxD, final = engine.cell_recurrence(
                 eng.pointwise, eng.additive, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
         elif l == L - 1 and fused_head:
-            logits, h, cc = engine.recurrence_and_head(*engine.same_vma(
+            logits, h, cc = eng.kernel.recurrence_and_head(*engine.same_vma(
                 (xp, W_h, params["W_hq"], params["b_q"], tuple(s.h for s in s0), tuple(s.c for s in s0))))
             final = tuple(map(LSTMState, h, cc))
         else:
-            x_TxBxD, h, cc = engine.recurrence(
+            x_TxBxD, h, cc = eng.kernel.recurrence(
                 *engine.same_vma((xp, W_h, tuple(s.h for s in s0), tuple(s.c for s in s0))))
             final = tuple(map(LSTMState, h, cc))
         finals.append(jax.tree.map(lambda *a: jnp.concatenate(a), *final))

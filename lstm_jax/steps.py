@@ -71,8 +71,9 @@ class Optimizer:
 
 
 def make_optimizer(c, total_steps: int) -> Optimizer:
+    cosine = c.lr_schedule == "cosine"  # only a cosine has a length (runs of other lengths share a program)
     return Optimizer(c.optimizer, float(c.grad_clip), float(c.weight_decay), int(c.warmup_steps),
-                     c.lr_schedule == "cosine", int(total_steps), float(c.learning_rate))
+                     cosine, int(total_steps) if cosine else 1, float(c.learning_rate))
 
 
 def init_train_state(model: LanguageModel, optimizer, key: jax.Array) -> TrainState:

@@ -51,9 +51,7 @@ class Position(NamedTuple):
     done: int  # its minibatches already trained
     pending: dict  # metrics since the last record: per-minibatch "loss", "grad_norm"; "seconds"
     elapsed_s: float  # training seconds so far (compile, evaluation and saving excluded)
-
-    def finished(self, config) -> bool:
-        return self.epoch >= config.num_epochs or 0 < config.time_budget_s <= self.elapsed_s
+    num_updates: int | None = None  # the run's length, once known (a time budget's, measured)
 
 
 def _no_pending() -> dict:
@@ -88,7 +86,7 @@ def _resume(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -
           else f"the end of epoch {meta['epoch']}")
     log(f"resuming from checkpoint {ckpts.where(r.step)} ({at})")
     return Position(r.arrays["train_state"], r.arrays["lstm_state"], meta["epoch"], meta["batch"],
-                    pending, float(meta.get("elapsed_s", 0.0)))
+                    pending, float(meta.get("elapsed_s", 0.0)), meta.get("num_updates"))
 
 
 def _save(ckpts: checkpoint.Checkpoints, exp: Experiment, pos: Position) -> int:
@@ -97,7 +95,8 @@ def _save(ckpts: checkpoint.Checkpoints, exp: Experiment, pos: Position) -> int:
                "seconds": p["seconds"]}
     step = int(pos.ts.step)
     ckpts.save(step, {"train_state": pos.ts, "lstm_state": pos.state}, {"epoch": pos.epoch, "batch": pos.done,
-               "partial": partial, "elapsed_s": pos.elapsed_s}, exp.config, exp.corpus.vocab)
+               "partial": partial, "elapsed_s": pos.elapsed_s, "num_updates": exp.num_updates},
+               exp.config, exp.corpus.vocab)
     return step
 
 
@@ -127,20 +126,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         best = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.BEST), 1)
         try:
             pos = _resume(exp, workdir, ckpts, log)
-            if pos is not None and pos.finished(c):
+            budgeted = c.time_budget_s > 0 and not c.num_updates
+            if budgeted and pos is not None and pos.num_updates:  # measured when the run started
+                exp = exp.with_num_updates(pos.num_updates)
+            if pos is not None and (int(pos.ts.step) >= exp.num_updates or budgeted and not pos.num_updates
+                                    and pos.elapsed_s >= c.time_budget_s):  # (0.2 budgets were in seconds)
                 return _already_finished(exp, workdir, pos, log)
-            return _train(exp, workdir, ckpts, best, pos, log, progress, should_stop)
+            measure = budgeted and not (pos and pos.num_updates)
+            return _train(exp, workdir, ckpts, best, pos, log, progress, should_stop, measure)
         finally:
             ckpts.close()
             best.close()
 
 
 def _already_finished(exp, workdir, pos, log) -> dict:
-    c = exp.config
-    why = (f"{c.num_epochs} epochs" if pos.epoch >= c.num_epochs else
-           f"its time budget ({pos.elapsed_s:.0f} of time_budget_s={c.time_budget_s:g} s)")
-    log(f"{workdir} has already trained for {why} (checkpoint {int(pos.ts.step)}); raise "
-        "--config.num_epochs or --config.time_budget_s to train on")
+    log(f"{workdir} has already trained its {int(pos.ts.step)} updates (checkpoint {int(pos.ts.step)}); raise "
+        "--config.num_epochs, --config.num_updates or --config.time_budget_s to train on")
     try:
         with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
             summary = json.load(f)
@@ -150,7 +151,7 @@ def _already_finished(exp, workdir, pos, log) -> dict:
 
 
 def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | None, log, progress,
-           should_stop) -> dict:
+           should_stop, measure: bool) -> dict:
     c = exp.config
     is_main = distributed.is_main_process()
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -164,8 +165,14 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
         pos = Position(distributed.place(exp.init_train_state(), sh.replicated),
                        distributed.place(exp.model.initial_state(c.batch_size), sh.rows), 0, 0, _no_pending(), 0.0)
     ts, state, compile_s = exp.compile(pos.ts, pos.state)
-    pos = pos._replace(ts=ts, state=state)
     log(f"compiled the train step{' and evaluation' if exp.heldout else ''} in {compile_s:.2f} s")
+    if measure:  # a time budget: the schedule ends with it, so its length is fixed (and kept) now
+        exp = exp.with_num_updates(exp.measure_num_updates(ts, state, c.time_budget_s))
+        log(f"time budget {c.time_budget_s:g} s: {exp.num_updates} updates at the measured speed "
+            f"(--config.num_updates={exp.num_updates} repeats this run without the budget)")
+        ts, state, seconds = exp.compile(ts, state)  # the schedule's length is part of the program
+        compile_s += seconds
+    pos = pos._replace(ts=ts, state=state)
     if fresh:  # results never exist without a checkpoint to resume them from
         _save(ckpts, exp, pos)
     writer = metrics.MetricsWriter(metrics_path)
@@ -177,10 +184,11 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
     step = int(ts.step)
     last_saved = ckpts.latest_step()
     bpe, N, tokens_per_batch = exp.batches_per_epoch, exp.block_length, c.batch_size * c.num_steps
-    bar = metrics.Progress(c.num_epochs * bpe, step, "step", enabled=progress, log=log)
+    total = exp.num_updates
+    bar = metrics.Progress(total, step, "step", enabled=progress, log=log)
     X = np.zeros((N, c.batch_size, c.num_steps), np.int32)
     Y = np.zeros_like(X)
-    stopped = None  # "interrupted" or "budget"
+    stopped = False  # on should_stop()
 
     def record(evaluate: bool) -> dict:
         nonlocal pending, best_val
@@ -199,12 +207,12 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
         records.append(rec)
         return rec
 
-    while epoch < c.num_epochs and stopped is None:
+    while step < total and not stopped:
         batches = exp.epoch_batches(epoch)
         if done == 0:
             state = exp.model.initial_state(c.batch_size)  # d2l: a fresh state every epoch
-        while done < bpe:
-            n = min(N, bpe - done)
+        while done < bpe and step < total:
+            n = min(N, bpe - done, total - step)
             if c.eval_every_steps:
                 n = min(n, c.eval_every_steps - step % c.eval_every_steps)
             start = time.perf_counter()
@@ -218,7 +226,7 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
             pending["grad_norm"].append(norms)
             pending["seconds"] += seconds
             done, step = done + n, step + n
-            bar.update(n, epoch=f"{epoch + 1}/{c.num_epochs}", loss=f"{losses.mean():.3f}")
+            bar.update(n, epoch=f"{epoch + 1}", loss=f"{losses.mean():.3f}")
             if not np.isfinite(losses).all():
                 kept = f"; the last checkpoint is {ckpts.where(last_saved)}" if last_saved is not None else ""
                 raise UserError(f"the training loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1} "
@@ -226,29 +234,26 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
                                 f"Metrics up to step {records[-1]['step'] if records else 0} are in {metrics_path}"
                                 f"{kept}; try a smaller learning rate")
             # Decisions every process must take alike (evaluating and saving are collective).
-            over_budget = distributed.agree(0 < c.time_budget_s <= elapsed)
-            stop = over_budget or distributed.agree(should_stop())
+            stopped = distributed.agree(should_stop())
             due = bool(c.eval_every_steps) and step % c.eval_every_steps == 0
-            if due or over_budget or done == bpe:
-                last = over_budget or (done == bpe and epoch + 1 == c.num_epochs)
-                rec = record(evaluate=due or last or (done == bpe and not c.eval_every_steps))
+            if due or step == total or done == bpe:
+                rec = record(evaluate=due or step == total or (done == bpe and not c.eval_every_steps))
                 if due and "val_loss" in rec:
                     log(metrics.eval_line(rec))
-            if stop:
-                stopped = "budget" if over_budget else "interrupted"
+            if stopped:
                 break
         if done == bpe:
-            if (epoch + 1) % c.log_every == 0 or epoch + 1 == c.num_epochs:
+            if (epoch + 1) % c.log_every == 0 or step == total:
                 log(metrics.epoch_line(records[-1], distributed.describe()))
                 for text in _continuations(exp, ts.params):
                     log(f"  {text}")
             epoch, done = epoch + 1, 0
         pos = Position(ts, state, epoch, done, pending, elapsed)
-        if stopped or epoch % c.checkpoint_every == 0 and done == 0 or epoch == c.num_epochs:
+        if stopped or epoch % c.checkpoint_every == 0 and done == 0 or step == total:
             last_saved = _save(ckpts, exp, pos)
     bar.close()
 
-    if stopped == "interrupted":
+    if stopped:
         log(f"stopped at step {step} (epoch {epoch + 1}): saved checkpoint {ckpts.where(last_saved)}; "
             "run the same command again to resume")
     return _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_saved, elapsed, log)
@@ -270,9 +275,9 @@ def _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_save
                                                   if r.get("tokens_per_sec")])) if records else None,
         "compile_s": compile_s, "train_s": train_s, "device": distributed.describe(),
         "num_params": exp.model.num_params(), "epochs": final.get("epoch", 0), "steps": int(ts.step),
-        "interrupted": stopped == "interrupted", "checkpoint_step": last_saved,
+        "num_updates": exp.num_updates, "interrupted": stopped, "checkpoint_step": last_saved,
     }
-    if stopped != "interrupted" and "test" in exp.heldout:
+    if not stopped and "test" in exp.heldout:
         params = ts.params
         if vals and best_ckpts.latest_step() is not None:
             params = best_ckpts.restore(best_ckpts.latest_step(), exp.abstract_arrays()).arrays["train_state"].params
@@ -283,7 +288,7 @@ def _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_save
     if is_main:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
-    if stopped != "interrupted" and records:
+    if not stopped and records:
         log(metrics.final_line(summary, final))
         for text in summary["continuations"]:
             log(text)

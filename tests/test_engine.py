@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from conftest import assert_trees_close
+from lstm_jax.cells import lstm_kernel
 from lstm_jax import engine, models
 from lstm_jax.cells import lstm
 from lstm_jax.cells.lstm import LSTMState
@@ -72,7 +73,7 @@ def test_same_loss_and_gradients_float64(fresh, final_state_weight, lanes, trans
     # final_state_weight > 0 also checks the cotangents of the returned state;
     # lanes = 4 runs each of the B = 4 rows as its own chain. transposed_h: both ways
     # of forming the weight gradient (the fast path picks one by rows per lane).
-    monkeypatch.setattr(engine, "_stores_transposed_h", lambda lane_rows: transposed_h)
+    monkeypatch.setattr(lstm_kernel, "_stores_transposed_h", lambda lane_rows: transposed_h)
     with jax.enable_x64(True):
         inputs = random_inputs(1, jnp.float64, fresh=fresh)
         loss_r, grads_r = loss_and_grads("reference", *inputs, final_state_weight=final_state_weight)
@@ -134,15 +135,15 @@ def test_check_grads_float64():
 @pytest.mark.parametrize("num_steps", [T, 6, 7])  # 5 steps per loop iteration; 3; 1
 @pytest.mark.parametrize("transposed_h", [True, False])
 def test_check_grads_recurrence_and_head_float64(num_steps, transposed_h, monkeypatch):
-    monkeypatch.setattr(engine, "_stores_transposed_h", lambda lane_rows: transposed_h)
+    monkeypatch.setattr(lstm_kernel, "_stores_transposed_h", lambda lane_rows: transposed_h)
     with jax.enable_x64(True):
         k = jax.random.split(jax.random.key(5), 10)
         lanes = lambda shape, i: tuple(jax.random.normal(k[i + j], shape, jnp.float64) for j in range(2))
         xp, h0, c0 = lanes((num_steps, B // 2, 4 * H), 0), lanes((B // 2, H), 2), lanes((B // 2, H), 4)
         W = 0.5 * jax.random.normal(k[6], (H, 4 * H), jnp.float64)
         W_q, b_q = jax.random.normal(k[7], (H, V), jnp.float64), jax.random.normal(k[8], (V,), jnp.float64)
-        check_grads(jax.jit(engine.recurrence_and_head), (xp, W, W_q, b_q, h0, c0), order=1, modes=("rev",))
-        check_grads(jax.jit(engine.recurrence), (xp, W, h0, c0), order=1, modes=("rev",))
+        check_grads(jax.jit(lstm_kernel.recurrence_and_head), (xp, W, W_q, b_q, h0, c0), order=1, modes=("rev",))
+        check_grads(jax.jit(lstm_kernel.recurrence), (xp, W, h0, c0), order=1, modes=("rev",))
 
 
 def test_one_time_step():

@@ -70,7 +70,7 @@ def test_trials_honour_every_field_and_share_one_program(tiny_config, tmp_path):
     from lstm_jax import steps
 
     c = tiny_config
-    c.num_epochs, c.data.val_fraction, c.eval_every_steps, c.time_budget_s = 50, 0.1, 5, 1e-9
+    c.num_epochs, c.data.val_fraction, c.eval_every_steps, c.time_budget_s = 50, 0.1, 5, 0.05
     trials = grid(c, lr=[0.5, 2.0], seeds=[0, 1])
     lib.run_solo(c, trials[0], str(tmp_path), lambda: False)  # compiles
     programs = steps.train_block._cache_size()
@@ -78,7 +78,7 @@ def test_trials_honour_every_field_and_share_one_program(tiny_config, tmp_path):
     assert steps.train_block._cache_size() == programs
     for t, r in zip(trials[1:], results):
         records = metrics.read_metrics(os.path.join(lib.trial_dir(str(tmp_path), t), "metrics.jsonl"))
-        assert r["status"] == "ok" and r["epochs"] == 1 and records[-1]["step"] < 50  # the budget stopped it
+        assert r["status"] == "ok" and 1 < records[-1]["step"] < 50 * 22  # the budget shortened it
         assert "val_loss" in records[-1]
     assert len({r["final_ppl"] for r in results}) == 3  # lr and seed both matter
 

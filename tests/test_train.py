@@ -92,17 +92,30 @@ def test_eval_every_steps_and_the_best_checkpoint(tiny_config, tmp_path):
     assert all(r["elapsed_s"] > 0 for r in records)
 
 
-@pytest.mark.slow
-def test_time_budget_stops_evaluates_and_saves(tiny_config, tmp_path):
+def test_a_time_budget_fixes_the_updates_and_the_schedule_ends_with_it(tiny_config, tmp_path):
+    # The budget becomes a number of updates (from the measured speed), the cosine ends there,
+    # and --config.num_updates=N repeats the run bit for bit without the budget.
     c = tiny_config
     c.num_epochs, c.time_budget_s, c.batches_per_call, c.data.val_fraction = 10_000, 0.5, 4, 0.1
-    summary = train.train_and_evaluate(c, str(tmp_path), **quiet)
-    records = read_metrics(str(tmp_path / "metrics.jsonl"))
-    assert 0.5 <= summary["train_s"] < 5 and not summary["interrupted"]
-    assert "val_loss" in records[-1] and records[-1]["step"] == summary["steps"] == summary["checkpoint_step"]
+    c.lr_schedule, c.warmup_steps = "cosine", 3
+    summary = train.train_and_evaluate(c, str(tmp_path / "budget"), **quiet)
+    records = read_metrics(str(tmp_path / "budget" / "metrics.jsonl"))
+    N = summary["num_updates"]
+    assert 10 < N < 10_000 * 22 and summary["steps"] == N == records[-1]["step"] == summary["checkpoint_step"]
+    assert 0.1 < summary["train_s"] < 5 and not summary["interrupted"] and "val_loss" in records[-1]
+    opt = steps.make_optimizer(c, N)
+    assert opt.total_steps == N  # the learning rate at the last update is the schedule's end
+    grads = {"w": np.full(1, 0.1, np.float32)}
+    state = opt.init({"w": np.ones(1, np.float32)})
+    for _ in range(N + 1):
+        updates, state = opt.update(grads, state, {"w": np.ones(1, np.float32)})
+    assert abs(float(updates["w"][0])) < 1e-6
     # Resuming a finished run says so and trains nothing (nothing is compiled either).
-    again = train.train_and_evaluate(c, str(tmp_path), **quiet)
-    assert again["steps"] == summary["steps"] and len(read_metrics(str(tmp_path / "metrics.jsonl"))) == len(records)
+    again = train.train_and_evaluate(c, str(tmp_path / "budget"), **quiet)
+    assert again["steps"] == N and len(read_metrics(str(tmp_path / "budget" / "metrics.jsonl"))) == len(records)
+    c.time_budget_s, c.num_updates = 0.0, N
+    repeat = train.train_and_evaluate(c, str(tmp_path / "repeat"), **quiet)
+    assert_same_params(repeat["train_state"], summary["train_state"])
 
 
 @pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine"), ("sgd", "cosine")])

@@ -12,7 +12,7 @@ elementwise work" also describe themselves to the recurrence engine
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ class Engine:
     recurrent_weights: Callable  # params -> W_h (H, G)
     pointwise_params: Callable  # params -> q
     pointwise: Callable  # (q, xp_BxG, hh_BxG, state) -> state
-    kernel: str = "vjp"  # the backward step: "vjp" (jax.vjp of pointwise) or "lstm" (hand-written)
+    kernel: Any = None  # the cell's own kernel (recurrence, recurrence_and_head); None: jax.vjp of pointwise
     additive: bool = True  # pointwise depends on xp + hh only (not on each apart)
     prepare: Callable | None = None  # (params, xp_TxBxG) -> xp: input-only work, once before the loop
 

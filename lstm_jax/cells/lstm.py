@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import Cell, Engine, Options, normal, project, stack
+from lstm_jax.cells import Cell, Engine, Options, lstm_kernel, normal, project, stack
 
 # d2l's 14 arrays of a one-layer model, in d2l's order: input, forget, output gate, candidate, head.
 PARAM_NAMES = ("W_xi", "W_hi", "b_i", "W_xf", "W_hf", "b_f", "W_xo", "W_ho", "b_o",
@@ -70,13 +70,13 @@ def _lstm_pointwise(q, xp, hh, s):
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
 
-def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, kernel="vjp", **kw):
+def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, kernel=None, **kw):
     return Engine(lambda p: (stack(p, "W_x", gates), stack(p, "b_", gates) if bias else None),
                   lambda p: stack(p, "W_h", gates), q, pointwise, kernel, **kw)
 
 
 LSTM = Cell("lstm", LSTMState, lambda key, D, o: _gates(key, D, o.num_hiddens, o), _sizes, lstm_step,
-            _engine(kernel="lstm"), "d2l 10.1 (Hochreiter & Schmidhuber 1997, with a forget gate)")
+            _engine(kernel=lstm_kernel), "d2l 10.1 (Hochreiter & Schmidhuber 1997, with a forget gate)")
 
 
 # flax's OptimizedLSTMCell holds the same weights: its gates (i, f, g, o) are d2l's (i, f, c, o);
