@@ -40,7 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model = "scratch"  # 'scratch' (the cell's pure functions) or 'concise' (flax's own cell)
     c.cell = "lstm"  # the recurrent cell (lstm_jax/cells; docs/cells.md)
     c.num_hiddens = 256
-    c.proj_size = 0  # lstm_proj: the projected hidden state's size
+    c.proj_size = 0  # lstm_proj: the projected hidden state's size (0: num_hiddens // 2)
     c.forget_bias = 0.0  # the forget gate's initial bias (d2l 0; Jozefowicz et al. 2015 recommend 1)
     c.num_layers = 1  # stacked recurrent layers (d2l's deep RNN)
     c.embed_dim = 0  # 0: one-hot input (d2l, done as a row lookup); > 0: an embedding table
@@ -147,9 +147,8 @@ def _validate_cell(c) -> None:
     if c.lstm_impl == "fast" and (cell.engine is None or c.model == "concise" and c.cell != "lstm"):
         raise UserError(f"config.lstm_impl='fast': cell {c.cell} ({c.model}) does not run through the engine; "
                         "leave lstm_impl unset or use 'reference'")
-    if (c.cell == "lstm_proj") != (c.proj_size > 0):
-        raise UserError(f"config.proj_size={c.proj_size} with cell {c.cell}: cell lstm_proj needs proj_size > 0 "
-                        "and the other cells take none")
+    if c.proj_size and c.cell != "lstm_proj":
+        raise UserError(f"config.proj_size={c.proj_size}: only cell lstm_proj has a projection, not {c.cell}")
     if c.forget_bias and (c.cell not in _FORGET_GATE or c.model == "concise"):
         raise UserError(f"config.forget_bias={c.forget_bias}: cell {c.cell} ({c.model}) has no forget-gate bias "
                         f"to set; the cells that do: {', '.join(_FORGET_GATE)} (scratch)")

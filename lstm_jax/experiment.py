@@ -62,13 +62,14 @@ class Experiment:
         copies of the train state (thrown away), at most ``num_epochs`` epochs' worth."""
         n, block = self.block_length, self.epoch_batches(0).block(0, self.block_length)
         seconds = []
-        for _ in range(2):  # the first call's time includes one-time work
+        for _ in range(4):  # the first call's time includes one-time work; the median of the others
             copies = jax.tree.map(lambda a: a.copy(), (ts, state))
             start = time.perf_counter()
             _, _, m = self.train_block(*copies, block.X, block.Y, n)
             np.asarray(m["loss"])
             seconds.append(time.perf_counter() - start)
-        return max(1, min(int(budget_s * n / seconds[-1]), self.config.num_epochs * self.batches_per_epoch))
+        per_update = float(np.median(seconds[1:])) / n
+        return max(1, min(int(budget_s / per_update), self.config.num_epochs * self.batches_per_epoch))
 
     def epoch_batches(self, epoch: int) -> batches.EpochBatches:
         """Epoch ``epoch``'s minibatches: a pure function of (seed, epoch)."""

@@ -471,3 +471,40 @@ def test_concise_cells_train(tiny_config, tmp_path, name):
     tiny_config.model, tiny_config.cell, tiny_config.num_epochs = "concise", name, 2
     summary = train.train_and_evaluate(tiny_config, str(tmp_path), **quiet)
     assert summary["final_train_ppl"] < 27
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(cell="lsmt"), "config.cell must be one of 'lstm', 'lstm_peephole', 'lstm_cifg', 'lstm_layernorm', "
+                        "'lstm_proj', 'gru', 'gru_reset_after', 'rnn', got 'lsmt'"),
+    (dict(cell="gru", model="concise"), "config.model='concise' (flax's own cell) exists for cell lstm, "
+                                        "gru_reset_after, rnn; flax has no gru: use config.model='scratch'"),
+    (dict(cell="gru", lstm_impl="fast"), "config.lstm_impl='fast': cell gru (scratch) does not run through the engine"),
+    (dict(cell="rnn", model="concise", lstm_impl="fast"), "cell rnn (concise) does not run through the engine"),
+    (dict(cell="gru", proj_size=16), "config.proj_size=16: only cell lstm_proj has a projection, not gru"),
+    (dict(cell="rnn", forget_bias=1.0), "config.forget_bias=1.0: cell rnn (scratch) has no forget-gate bias"),
+    (dict(cell="lstm", model="concise", forget_bias=1.0), "cell lstm (concise) has no forget-gate bias"),
+])
+def test_cell_fields_are_checked_with_one_line(tiny_config, fields, message):
+    from lstm_jax import configs
+    from lstm_jax.errors import UserError
+
+    for k, v in fields.items():
+        tiny_config[k] = v
+    with pytest.raises(UserError) as e:
+        configs.validate(tiny_config)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_misspelled_cell_on_the_command_line_is_one_error_line():
+    from conftest import TINY_CLI, one_error_line, run_cli
+
+    line = one_error_line(run_cli("-m", "lstm_jax.train", *TINY_CLI, "--config.cell=lstn"))
+    assert "config.cell must be one of 'lstm'," in line and "got 'lstn'" in line
+
+
+def test_lstm_proj_defaults_to_half_the_hidden_size():
+    model = models.LanguageModel("scratch", V, 8, cell="lstm_proj")
+    p = model.init(jax.random.key(0))
+    assert p["W_hr"].shape == (8, 4) and p["W_hi"].shape == (4, 8) and p["W_hq"].shape == (4, V)
+    assert model.initial_state(2).h.shape == (2, 1, 4) and model.initial_state(2).c.shape == (2, 1, 8)

@@ -194,8 +194,12 @@ LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, _layernor
 # --- LSTMP (Sak et al. 2014): h_t = (o * tanh(c_t)) W_hr, (B, P); the recurrence and the next
 # layer see the projected h. A second product inside the step: not an engine cell.
 
+def _proj(o: Options) -> int:
+    return o.proj_size or o.num_hiddens // 2  # 0: half the hidden size
+
+
 def _proj_init(key, D, o):
-    P = o.proj_size or o.num_hiddens
+    P = _proj(o)
     return {**_gates(key, D, o.num_hiddens, o, recurrent=P),
             "W_hr": normal(jax.random.fold_in(key, 2), (o.num_hiddens, P))}
 
@@ -208,7 +212,7 @@ def _proj_step(p, s, x_t):
 
 
 PROJ = Cell("lstm_proj", LSTMState, _proj_init,
-            lambda o: LSTMState(o.proj_size or o.num_hiddens, o.num_hiddens), _proj_step, None,
+            lambda o: LSTMState(_proj(o), o.num_hiddens), _proj_step, None,
             "Sak et al. 2014 (LSTMP; PyTorch's nn.LSTM(proj_size=...))")
 
 CELLS = (LSTM, PEEPHOLE, CIFG, LAYERNORM, PROJ)
