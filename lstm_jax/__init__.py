@@ -3,4 +3,4 @@
 Importing the package runs nothing; README.md's Layout says which module holds what.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
