@@ -261,11 +261,11 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: flo
         elif l == L - 1 and fused_head:
             logits, h, cc = eng.kernel.recurrence_and_head(*engine.same_vma(
                 (xp, W_h, params["W_hq"], params["b_q"], tuple(s.h for s in s0), tuple(s.c for s in s0))))
-            final = tuple(map(LSTMState, h, cc))
+            final = tuple(map(c.State, h, cc))
         else:
             x_TxBxD, h, cc = eng.kernel.recurrence(
                 *engine.same_vma((xp, W_h, tuple(s.h for s in s0), tuple(s.c for s in s0))))
-            final = tuple(map(LSTMState, h, cc))
+            final = tuple(map(c.State, h, cc))
         finals.append(jax.tree.map(lambda *a: jnp.concatenate(a), *final))
     if fused_head:
         logits_BxTxV = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)

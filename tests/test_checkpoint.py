@@ -165,6 +165,16 @@ def old_workdir(name, tmp_path):
         return tmp_path / name, ml_collections.ConfigDict(configs.upgrade(json.load(f)))
 
 
+def resume_old(name, tmp_path):
+    """Resume an older version's stopped workdir to the end: today's summary, its metrics, and
+    the older version's uninterrupted run (``<name>-uninterrupted.json``) to compare them with."""
+    workdir, config = old_workdir(name, tmp_path)
+    with open(os.path.join(DATA, f"{name}-uninterrupted.json")) as f:
+        reference = json.load(f)
+    summary = train.train_and_evaluate(config, str(workdir), **quiet)
+    return summary, read_metrics(str(workdir / "metrics.jsonl")), reference
+
+
 def test_upgrade_fills_in_new_fields_and_drops_retired_ones():
     saved = {"model": "scratch", "lstm_impl": "auto", "keep_cores_awake": True, "data": {"num_val": 0}}
     c = configs.upgrade(saved)
@@ -179,25 +189,17 @@ def test_upgrade_fills_in_new_fields_and_drops_retired_ones():
 def test_workdirs_of_version_0_2_resume(tmp_path):
     # Stopped by lstm_jax 0.2.0 mid-epoch (2 layers, dropout, a validation split, keep_cores_awake in
     # its config); resumed here, it ends where 0.2.0's uninterrupted run ended.
-    workdir, config = old_workdir("v0.2-scratch", tmp_path)
-    with open(os.path.join(DATA, "v0.2-scratch-uninterrupted.json")) as f:
-        reference = json.load(f)
-    summary = train.train_and_evaluate(config, str(workdir), **quiet)
+    summary, records, reference = resume_old("v0.2-scratch", tmp_path)
     assert summary["final_train_ppl"] == pytest.approx(reference["final_train_ppl"], rel=1e-6)
     assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], rel=1e-6)
-    assert [r["step"] for r in read_metrics(str(workdir / "metrics.jsonl"))] == \
-        [r["step"] for r in reference["metrics"]]
+    assert [r["step"] for r in records] == [r["step"] for r in reference["metrics"]]
 
 
 @pytest.mark.slow
 def test_workdirs_of_the_previous_version_resume(tmp_path):
     # Stopped by lstm_jax 0.1.0 in epoch 2 after minibatch 5; resumed here, it ends where
     # 0.1.0's uninterrupted run ended.
-    workdir, config = old_workdir("v0.1-scratch", tmp_path)
-    with open(os.path.join(DATA, "v0.1-scratch-uninterrupted.json")) as f:
-        reference = json.load(f)
-    summary = train.train_and_evaluate(config, str(workdir), **quiet)
-    records = read_metrics(str(workdir / "metrics.jsonl"))
+    summary, records, reference = resume_old("v0.1-scratch", tmp_path)
     assert [r["epoch"] for r in records] == [1, 2]
     assert summary["final_train_ppl"] == pytest.approx(reference["final_train_ppl"], rel=1e-5)
     assert records[1]["grad_norm"] == pytest.approx(reference["metrics"][1]["grad_norm"], rel=1e-5)

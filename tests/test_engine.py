@@ -13,7 +13,6 @@ from jax.test_util import check_grads
 from conftest import assert_trees_close
 from lstm_jax.cells import lstm_kernel
 from lstm_jax import engine, models
-from lstm_jax.cells import lstm
 from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.steps import loss_fn
 

@@ -103,8 +103,8 @@ def test_a_time_budget_fixes_the_updates_and_the_schedule_ends_with_it(tiny_conf
     N = summary["num_updates"]
     assert 10 < N < 10_000 * 22 and summary["steps"] == N == records[-1]["step"] == summary["checkpoint_step"]
     assert 0.1 < summary["train_s"] < 5 and not summary["interrupted"] and "val_loss" in records[-1]
-    opt = steps.make_optimizer(c, N)
-    assert opt.total_steps == N  # the learning rate at the last update is the schedule's end
+    assert int(summary["train_state"].opt_state[1].count) == N  # the run's schedule stands at N ...
+    opt = steps.make_optimizer(c, N)  # ... where its learning rate is the cosine's end, 0
     grads = {"w": np.full(1, 0.1, np.float32)}
     state = opt.init({"w": np.ones(1, np.float32)})
     for _ in range(N + 1):

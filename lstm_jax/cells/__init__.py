@@ -55,7 +55,6 @@ class Cell:
     state_sizes: Callable  # Options -> State of ints
     step: Callable  # (params, state, x_t) -> (state, h): x_t is ids (B,) or vectors (B, D)
     engine: Engine | None = None
-    paper: str = ""
 
 
 def project(W_DxH: jax.Array, x_t: jax.Array) -> jax.Array:
@@ -66,6 +65,26 @@ def project(W_DxH: jax.Array, x_t: jax.Array) -> jax.Array:
 def normal(key, shape, std=0.01):
     """d2l's ``normal``: weights ~ N(0, 0.01^2)."""
     return std * jax.random.normal(key, shape)
+
+
+def gate_params(key, D: int, H: int, gates: str, recurrent: int | None = None, bias=lambda g: 0.0) -> dict:
+    """d2l's ``get_params`` for ``gates``: per gate ``W_x<g>`` (D, H) and ``W_h<g>`` (``recurrent`` or H,
+    H) ~ N(0, 0.01^2) and ``b_<g>`` = ``bias(g)`` (``bias=None``: no biases). One key per array, as d2l
+    draws them (three per gate, then the head's two), so d2l's LSTM gets the weights it always had."""
+    keys = iter(jax.random.split(key, 3 * len(gates) + 2))
+    out = {}
+    for g in gates:
+        out[f"W_x{g}"] = normal(next(keys), (D, H))
+        out[f"W_h{g}"] = normal(next(keys), (recurrent or H, H))
+        next(keys)
+        if bias is not None:
+            out[f"b_{g}"] = jnp.full((H,), bias(g))
+    return out
+
+
+def gate(p: dict, h: jax.Array, x_t: jax.Array, g: str) -> jax.Array:
+    """Gate ``g``'s pre-activation: ``x_t W_x<g> + h W_h<g> + b_<g>``."""
+    return project(p[f"W_x{g}"], x_t) + h @ p[f"W_h{g}"] + p[f"b_{g}"]
 
 
 def stack(params: dict, prefix: str, gates: str) -> jax.Array:

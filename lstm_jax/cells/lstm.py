@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import Cell, Engine, Options, lstm_kernel, normal, project, stack
+from lstm_jax.cells import Cell, Engine, Options, gate, gate_params, lstm_kernel, normal, project, stack
 
 # d2l's 14 arrays of a one-layer model, in d2l's order: input, forget, output gate, candidate, head.
 PARAM_NAMES = ("W_xi", "W_hi", "b_i", "W_xf", "W_hf", "b_f", "W_xo", "W_ho", "b_o",
@@ -28,44 +28,28 @@ class LSTMState(NamedTuple):
     c: jax.Array
 
 
-def _gates(key, D: int, H: int, o: Options, gates: str = GATES, recurrent: int | None = None) -> dict:
-    """d2l's ``get_lstm_params`` for ``gates``: weights ~ N(0, 0.01^2), one key per array (d2l's
-    draw), zero biases except the forget gate's (``forget_bias``; Jozefowicz et al. 2015: 1)."""
-    keys = iter(jax.random.split(key, 14))
-    out = {}
-    for g in gates:
-        out[f"W_x{g}"] = normal(next(keys), (D, H))
-        out[f"W_h{g}"] = normal(next(keys), (recurrent or H, H))
-        next(keys)  # d2l draws one for the bias too
-        out[f"b_{g}"] = jnp.full((H,), o.forget_bias if g == "f" else 0.0)
-    return out
+def _gates(key, D: int, o: Options, gates: str = GATES, recurrent: int | None = None) -> dict:
+    """d2l's ``get_lstm_params`` for ``gates``: zero biases except the forget gate's
+    (``forget_bias``; Jozefowicz et al. 2015 recommend 1)."""
+    return gate_params(key, D, o.num_hiddens, gates, recurrent, lambda g: o.forget_bias if g == "f" else 0.0)
 
 
 def _sizes(o: Options) -> LSTMState:
     return LSTMState(o.num_hiddens, o.num_hiddens)
 
 
-def _z(p, h, x_t, g):
-    return project(p[f"W_x{g}"], x_t) + h @ p[f"W_h{g}"] + p[f"b_{g}"]
-
-
 def lstm_step(params: dict, carry: tuple, x_t: jax.Array) -> tuple[tuple, jax.Array]:
     """d2l's ``lstm``, one time step of one layer: ``carry = (h, c)``, each (B, H)."""
     p, (h, c) = params, carry
-    I, F, O = (jax.nn.sigmoid(_z(p, h, x_t, g)) for g in "ifo")
-    C_tilde = jnp.tanh(_z(p, h, x_t, "c"))
+    I, F, O = (jax.nn.sigmoid(gate(p, h, x_t, g)) for g in "ifo")
+    C_tilde = jnp.tanh(gate(p, h, x_t, "c"))
     c = F * c + I * C_tilde
     h = O * jnp.tanh(c)
     return LSTMState(h, c), h
 
 
-def _split(z, n):
-    H = z.shape[-1] // n
-    return [z[..., k * H:(k + 1) * H] for k in range(n)]
-
-
 def _lstm_pointwise(q, xp, hh, s):
-    I, F, O, C = _split(xp + hh, 4)
+    I, F, O, C = jnp.split(xp + hh, 4, axis=-1)
     c = jax.nn.sigmoid(F) * s.c + jax.nn.sigmoid(I) * jnp.tanh(C)
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
@@ -75,8 +59,8 @@ def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, k
                   lambda p: stack(p, "W_h", gates), q, pointwise, kernel, **kw)
 
 
-LSTM = Cell("lstm", LSTMState, lambda key, D, o: _gates(key, D, o.num_hiddens, o), _sizes, lstm_step,
-            _engine(kernel=lstm_kernel), "d2l 10.1 (Hochreiter & Schmidhuber 1997, with a forget gate)")
+# d2l 10.1 (Hochreiter & Schmidhuber 1997, with Gers et al.'s forget gate)
+LSTM = Cell("lstm", LSTMState, _gates, _sizes, lstm_step, _engine(kernel=lstm_kernel))
 
 
 # flax's OptimizedLSTMCell holds the same weights: its gates (i, f, g, o) are d2l's (i, f, c, o);
@@ -101,18 +85,18 @@ def from_flax(cell: dict) -> dict:
 
 def _peephole_init(key, D, o):
     k = jax.random.split(jax.random.fold_in(key, 1), 3)
-    return {**_gates(key, D, o.num_hiddens, o),
+    return {**_gates(key, D, o),
             **{f"w_c{g}": normal(k[n], (o.num_hiddens,)) for n, g in enumerate("ifo")}}
 
 
 def _peephole_pointwise(q, xp, hh, s):
-    zi, zf, zo, zc = _split(xp + hh, 4)
+    zi, zf, zo, zc = jnp.split(xp + hh, 4, axis=-1)
     c = jax.nn.sigmoid(zf + q["w_cf"] * s.c) * s.c + jax.nn.sigmoid(zi + q["w_ci"] * s.c) * jnp.tanh(zc)
     return LSTMState(jax.nn.sigmoid(zo + q["w_co"] * c) * jnp.tanh(c), c)
 
 
 def _peephole_step(p, s, x_t):
-    z = {g: _z(p, s[0], x_t, g) for g in GATES}
+    z = {g: gate(p, s[0], x_t, g) for g in GATES}
     I = jax.nn.sigmoid(z["i"] + p["w_ci"] * s[1])
     F = jax.nn.sigmoid(z["f"] + p["w_cf"] * s[1])
     c = F * s[1] + I * jnp.tanh(z["c"])
@@ -122,28 +106,27 @@ def _peephole_step(p, s, x_t):
 
 
 PEEPHOLE = Cell("lstm_peephole", LSTMState, _peephole_init, _sizes, _peephole_step,
-                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}),
-                "Gers & Schmidhuber 2000; Greff et al. 2015 (vanilla LSTM)")
+                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}))
 
 
 # --- coupled input and forget gate (Greff's CIFG): F = 1 - I, no forget-gate parameters
 
 def _cifg_step(p, s, x_t):
-    I, O = (jax.nn.sigmoid(_z(p, s[0], x_t, g)) for g in "io")
-    c = (1 - I) * s[1] + I * jnp.tanh(_z(p, s[0], x_t, "c"))
+    I, O = (jax.nn.sigmoid(gate(p, s[0], x_t, g)) for g in "io")
+    c = (1 - I) * s[1] + I * jnp.tanh(gate(p, s[0], x_t, "c"))
     h = O * jnp.tanh(c)
     return LSTMState(h, c), h
 
 
 def _cifg_pointwise(q, xp, hh, s):
-    I, O, C = _split(xp + hh, 3)
+    I, O, C = jnp.split(xp + hh, 3, axis=-1)
     I = jax.nn.sigmoid(I)
     c = (1 - I) * s.c + I * jnp.tanh(C)
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
 
-CIFG = Cell("lstm_cifg", LSTMState, lambda key, D, o: _gates(key, D, o.num_hiddens, o, "ioc"), _sizes,
-            _cifg_step, _engine("ioc", _cifg_pointwise), "Greff et al. 2015 (CIFG)")
+CIFG = Cell("lstm_cifg", LSTMState, lambda key, D, o: _gates(key, D, o, "ioc"), _sizes,
+            _cifg_step, _engine("ioc", _cifg_pointwise))
 
 
 # --- layer normalization (Ba et al. 2016), placed as PyTorch's benchmarks/fastrnns/custom_lstms.py
@@ -161,7 +144,7 @@ def layer_norm(z, gain, bias):
 
 def _layernorm_init(key, D, o):
     H = o.num_hiddens
-    p = {k: v for k, v in _gates(key, D, H, o).items() if not k.startswith("b_")}
+    p = gate_params(key, D, H, GATES, bias=None)
     bias = jnp.zeros((4 * H,)).at[H:2 * H].set(o.forget_bias)
     return {**p, "ln_x_gain": jnp.ones((4 * H,)), "ln_x_bias": bias, "ln_h_gain": jnp.ones((4 * H,)),
             "ln_h_bias": jnp.zeros((4 * H,)), "ln_c_gain": jnp.ones((H,)), "ln_c_bias": jnp.zeros((H,))}
@@ -171,7 +154,7 @@ def _layernorm_step(p, s, x_t):
     h, c = s
     z = (layer_norm(project(stack(p, "W_x", GATES), x_t), p["ln_x_gain"], p["ln_x_bias"])
          + layer_norm(h @ stack(p, "W_h", GATES), p["ln_h_gain"], p["ln_h_bias"]))
-    I, F, O, C = _split(z, 4)
+    I, F, O, C = jnp.split(z, 4, axis=-1)
     c = layer_norm(jax.nn.sigmoid(F) * c + jax.nn.sigmoid(I) * jnp.tanh(C), p["ln_c_gain"], p["ln_c_bias"])
     h = jax.nn.sigmoid(O) * jnp.tanh(c)
     return LSTMState(h, c), h
@@ -179,7 +162,7 @@ def _layernorm_step(p, s, x_t):
 
 def _layernorm_pointwise(q, xp, hh, s):
     """The step after its input's normalization (the engine does that for all steps at once)."""
-    I, F, O, C = _split(xp + layer_norm(hh, q["ln_h_gain"], q["ln_h_bias"]), 4)
+    I, F, O, C = jnp.split(xp + layer_norm(hh, q["ln_h_gain"], q["ln_h_bias"]), 4, axis=-1)
     c = layer_norm(jax.nn.sigmoid(F) * s.c + jax.nn.sigmoid(I) * jnp.tanh(C), q["ln_c_gain"], q["ln_c_bias"])
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
@@ -187,8 +170,7 @@ def _layernorm_pointwise(q, xp, hh, s):
 LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, _layernorm_step,
                  _engine(pointwise=_layernorm_pointwise, bias=False, additive=False,
                          q=lambda p: {k: p[k] for k in ("ln_h_gain", "ln_h_bias", "ln_c_gain", "ln_c_bias")},
-                         prepare=lambda p, xp: layer_norm(xp, p["ln_x_gain"], p["ln_x_bias"])),
-                 "Ba et al. 2016 (placement of PyTorch's custom_lstms.py LayerNormLSTMCell)")
+                         prepare=lambda p, xp: layer_norm(xp, p["ln_x_gain"], p["ln_x_bias"])))
 
 
 # --- LSTMP (Sak et al. 2014): h_t = (o * tanh(c_t)) W_hr, (B, P); the recurrence and the next
@@ -200,19 +182,17 @@ def _proj(o: Options) -> int:
 
 def _proj_init(key, D, o):
     P = _proj(o)
-    return {**_gates(key, D, o.num_hiddens, o, recurrent=P),
+    return {**_gates(key, D, o, recurrent=P),
             "W_hr": normal(jax.random.fold_in(key, 2), (o.num_hiddens, P))}
 
 
 def _proj_step(p, s, x_t):
-    I, F, O = (jax.nn.sigmoid(_z(p, s[0], x_t, g)) for g in "ifo")
-    c = F * s[1] + I * jnp.tanh(_z(p, s[0], x_t, "c"))
+    I, F, O = (jax.nn.sigmoid(gate(p, s[0], x_t, g)) for g in "ifo")
+    c = F * s[1] + I * jnp.tanh(gate(p, s[0], x_t, "c"))
     h = (O * jnp.tanh(c)) @ p["W_hr"]
     return LSTMState(h, c), h
 
 
-PROJ = Cell("lstm_proj", LSTMState, _proj_init,
-            lambda o: LSTMState(_proj(o), o.num_hiddens), _proj_step, None,
-            "Sak et al. 2014 (LSTMP; PyTorch's nn.LSTM(proj_size=...))")
+PROJ = Cell("lstm_proj", LSTMState, _proj_init, lambda o: LSTMState(_proj(o), o.num_hiddens), _proj_step)
 
 CELLS = (LSTM, PEEPHOLE, CIFG, LAYERNORM, PROJ)

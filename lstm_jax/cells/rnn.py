@@ -1,27 +1,21 @@
-"""d2l 8.5's recurrent network: ``H = tanh(X W_xh + H W_hh + b_h)``."""
+"""d2l 8.5's recurrent network (Elman 1990): ``H = tanh(X W_xh + H W_hh + b_h)``."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import Cell, Engine, HState, normal, project
-
-
-def init(key, D: int, o) -> dict:
-    """d2l's ``get_params`` for the hidden layer: weights ~ N(0, 0.01^2), zero bias."""
-    k = jax.random.split(key, 2)
-    H = o.num_hiddens
-    return {"W_xh": normal(k[0], (D, H)), "W_hh": normal(k[1], (H, H)), "b_h": jnp.zeros((H,))}
+from lstm_jax.cells import Cell, Engine, HState, gate, gate_params
 
 
 def rnn_step(p: dict, s: HState, x_t: jax.Array):
-    h = jnp.tanh(project(p["W_xh"], x_t) + s[0] @ p["W_hh"] + p["b_h"])
+    h = jnp.tanh(gate(p, s[0], x_t, "h"))
     return HState(h), h
 
 
-RNN = Cell("rnn", HState, init, lambda o: HState(o.num_hiddens), rnn_step,
+# d2l's get_params for the hidden layer: W_xh, W_hh ~ N(0, 0.01^2), b_h = 0
+RNN = Cell("rnn", HState, lambda key, D, o: gate_params(key, D, o.num_hiddens, "h"),
+           lambda o: HState(o.num_hiddens), rnn_step,
            Engine(lambda p: (p["W_xh"], p["b_h"]), lambda p: p["W_hh"], lambda p: {},
-                  lambda q, xp, hh, s: HState(jnp.tanh(xp + hh))),
-           "d2l 8.5 (Elman 1990)")
+                  lambda q, xp, hh, s: HState(jnp.tanh(xp + hh))))
 CELLS = (RNN,)
