@@ -138,11 +138,9 @@ _FORGET_GATE = ("lstm", "lstm_peephole", "lstm_layernorm", "lstm_proj")
 
 
 def _validate_cell(c) -> None:
-    from lstm_jax.models import FLAX_CELLS
-
     cell = cells.get(c.cell)
-    if c.model == "concise" and c.cell not in FLAX_CELLS:
-        raise UserError(f"config.model='concise' (flax's own cell) exists for cell {', '.join(FLAX_CELLS)}; "
+    if c.model == "concise" and c.cell not in cells.FLAX:
+        raise UserError(f"config.model='concise' (flax's own cell) exists for cell {', '.join(cells.FLAX)}; "
                         f"flax has no {c.cell}: use config.model='scratch'")
     if c.lstm_impl == "fast" and (cell.engine is None or c.model == "concise" and c.cell != "lstm"):
         raise UserError(f"config.lstm_impl='fast': cell {c.cell} ({c.model}) does not run through the engine; "

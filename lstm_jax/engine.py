@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def cell_recurrence(pointwise, additive: bool, q, xp_TxBxG, W_HxG, state):
     """Any engine cell over time given its input projections ``xp`` (per lane, like ``state``):

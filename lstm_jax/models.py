@@ -34,7 +34,6 @@ from lstm_jax.cells.lstm import LSTMState
 
 Params = Any
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: compute in the parameters' dtype
-FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru_reset_after": "GRUCell", "rnn": "SimpleCell"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +304,7 @@ class ConciseModel(nn.Module):
         for l in range(self.num_layers):
             if l:
                 x = _dropout_batch_major(key, l, x, self.dropout)
-            flax_cell = getattr(nn, FLAX_CELLS[self.cell])(self.num_hiddens, dtype=self.dtype,
+            flax_cell = getattr(nn, cells.FLAX[self.cell])(self.num_hiddens, dtype=self.dtype,
                                                            param_dtype=jnp.float32, name=_flax_layer(l, self.cell))
             s = _layer_state(state, l)
             # flax's LSTM carry is (c, h); ours is d2l's (h, c).

@@ -109,7 +109,6 @@ def make_config(name: str, impl: str):
     c.model = "concise" if impl.startswith("concise") else "scratch"
     if impl.startswith("cell:"):
         c.cell, c.lstm_impl = impl[5:], None
-        c.proj_size = c.num_hiddens // 2 if c.cell == "lstm_proj" else 0
         return c
     c.lstm_impl = {"scratch": "fast", "concise_fast": "fast"}.get(impl, "reference")
     return c

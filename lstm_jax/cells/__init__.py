@@ -101,6 +101,7 @@ def _registry() -> dict[str, Cell]:
 
 CELLS = _registry()
 NAMES = tuple(CELLS)
+FLAX = {"lstm": "OptimizedLSTMCell", "gru_reset_after": "GRUCell", "rnn": "SimpleCell"}  # flax's own (concise)
 
 
 def get(name: str) -> Cell:
