@@ -20,8 +20,8 @@ from lstm_jax.configs import get_base_config
 
 def get_config():
     config = get_base_config()
-    config.model = "concise"
-    config.lstm_impl = "fast"  # flax's parameters through the hand-written backward pass
+    config.cell = "lstm"  # any cell (docs/cells.md): python -m lstm_jax.sweep ... --grid cell=lstm,gru
+    config.init = "flax"  # orthogonal recurrent, LeCun-normal input and head weights (d2l's N(0, 0.01) is slower)
     config.num_layers = 2
     config.num_hiddens = 256
     config.data.corpus = "tinyshakespeare"

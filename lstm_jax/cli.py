@@ -68,11 +68,17 @@ def _define_config(argv: list[str]) -> tuple[str, list[str]]:
         fail("--config needs a config file, e.g. --config experiments/scratch.py")
     argv = argv[:i] + argv[i + n:]
     config = configs.load_file(path)
-    for name in (a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")):
+    unset = configs.flatten(configs.as_dict(configs.get_base_config()))  # None: a field that may be unset
+    for a in [a for a in argv if a.startswith("--config.")]:
+        name, _, value = a[len("--config."):].partition("=")
         try:
             config[name]  # a dotted name reaches into sections
         except (KeyError, TypeError):
             fail(f"--config.{name}: the config has no field '{name}' (--help lists them)")
+        if value == "None" and unset.get(name, 0) is None:  # ml-collections would set the string 'None'
+            *section, field = name.split(".")
+            (config[".".join(section)] if section else config)[field] = None
+            argv.remove(a)
     sys.argv = argv  # ml-collections finds the --config.<field> overrides there
     config_flags.DEFINE_config_dict("config", config, lock_config=True)
     return path, argv

@@ -25,6 +25,7 @@ CHOICES = {
     "model": ("scratch", "concise"),
     "cell": cells.NAMES,
     "lstm_impl": ("fast", "reference"),
+    "init": ("d2l", "flax", "uniform"),
     "dtype": ("float32", "bfloat16"),
     "optimizer": ("sgd", "adam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
@@ -42,6 +43,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.num_hiddens = 256
     c.proj_size = 0  # lstm_proj: the projected hidden state's size (0: num_hiddens // 2)
     c.forget_bias = 0.0  # the forget gate's initial bias (d2l 0; Jozefowicz et al. 2015 recommend 1)
+    # Scratch models' initialization: 'd2l' (unset), 'flax' (orthogonal recurrent, LeCun-normal input
+    # and head) or 'uniform' (every weight U(-s, s), Zaremba et al.'s); concise models use flax's own.
+    c.init = config_dict.placeholder(str)
+    c.init_scale = 0.0  # d2l's std (0: 0.01) or uniform's bound s (0: 1/sqrt(num_hiddens))
     c.num_layers = 1  # stacked recurrent layers (d2l's deep RNN)
     c.embed_dim = 0  # 0: one-hot input (d2l, done as a row lookup); > 0: an embedding table
     c.dropout = 0.0  # on non-recurrent connections only (Zaremba et al. 2014); off in evaluation
@@ -107,7 +112,7 @@ RETIRED = {
 _POSITIVE = ("num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
              "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
              "grad_clip")
-_NON_NEGATIVE = ("embed_dim", "proj_size", "weight_decay", "warmup_steps", "time_budget_s", "num_updates",
+_NON_NEGATIVE = ("embed_dim", "proj_size", "init_scale", "weight_decay", "warmup_steps", "time_budget_s", "num_updates",
                  "eval_every_steps", "data.min_freq", "data.val_fraction", "data.test_fraction")
 
 
@@ -115,7 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Fail early, naming the field and its value, on what would only fail deep inside JAX."""
     for name, allowed in CHOICES.items():
         value = config[name]  # a dotted name reaches into sections
-        if value not in allowed and not (name == "lstm_impl" and value is None):
+        if value not in allowed and not (name in ("lstm_impl", "init") and value is None):
             raise UserError(f"config.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     for name in _POSITIVE + _NON_NEGATIVE:
         value = config[name]
@@ -145,6 +150,11 @@ def _validate_cell(c) -> None:
     if c.lstm_impl == "fast" and (cell.engine is None or c.model == "concise" and c.cell != "lstm"):
         raise UserError(f"config.lstm_impl='fast': cell {c.cell} ({c.model}) does not run through the engine; "
                         "leave lstm_impl unset or use 'reference'")
+    if c.model == "concise" and (c.init not in (None, "flax") or c.init_scale):
+        raise UserError(f"config.init={c.init!r}, init_scale={c.init_scale}: model='concise' uses flax's own "
+                        "initializers; use config.model='scratch' (with init='flax' it draws the same way)")
+    if c.init == "flax" and c.init_scale:
+        raise UserError(f"config.init_scale={c.init_scale}: init='flax' has no scale; it applies to 'd2l' and 'uniform'")
     if c.proj_size and c.cell != "lstm_proj":
         raise UserError(f"config.proj_size={c.proj_size}: only cell lstm_proj has a projection, not {c.cell}")
     if c.forget_bias and (c.cell not in _FORGET_GATE or c.model == "concise"):

@@ -57,12 +57,15 @@ class LanguageModel:
     cell: str = "lstm"
     proj_size: int = 0
     forget_bias: float = 0.0
+    initializer: str | None = None  # scratch: "d2l" (None), "flax" or "uniform" (:func:`init_params`)
+    init_scale: float = 0.0
 
     def __post_init__(self):
         if self.variant not in ("scratch", "concise"):
             raise ValueError(f"unknown variant {self.variant!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
         object.__setattr__(self, "forget_bias", float(self.forget_bias))
+        object.__setattr__(self, "init_scale", float(self.init_scale))
 
     @property
     def runs(self) -> str:
@@ -97,7 +100,7 @@ class LanguageModel:
     def init(self, key: jax.Array) -> Params:
         if self.variant == "scratch":
             return init_params(key, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim,
-                               self.cell, self.proj_size, self.forget_bias)
+                               self.cell, self.proj_size, self.forget_bias, self.initializer or "d2l", self.init_scale)
         zeros = self.initial_state(1)
         return self._flax().init(key, jax.tree.map(lambda a: a.astype(jnp.float32), zeros),
                                  jnp.zeros((1, 1), jnp.int32))
@@ -118,7 +121,7 @@ class LanguageModel:
 def from_config(config, vocab_size: int) -> LanguageModel:
     c = config
     return LanguageModel(c.model, vocab_size, c.num_hiddens, c.dtype, c.lstm_impl, c.num_layers,
-                         c.embed_dim, c.dropout, c.cell, c.proj_size, c.forget_bias)
+                         c.embed_dim, c.dropout, c.cell, c.proj_size, c.forget_bias, c.init, c.init_scale)
 
 
 # ---------------------------------------------------------------------------
@@ -144,12 +147,19 @@ def layer(params: Params, l: int) -> Params:
 
 
 def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: int = 1,
-                embed_dim: int = 0, cell: str = "lstm", proj_size: int = 0, forget_bias: float = 0.0) -> Params:
-    """The cell's parameters for every layer (d2l's ``get_lstm_params`` for the LSTM), and the
-    head ``W_hq`` ~ N(0, 0.01^2), ``b_q`` = 0.
+                embed_dim: int = 0, cell: str = "lstm", proj_size: int = 0, forget_bias: float = 0.0,
+                init: str = "d2l", init_scale: float = 0.0) -> Params:
+    """The cell's parameters for every layer and the head ``W_hq, b_q``; with ``embed_dim`` an
+    embedding table ``embed`` (V, E) ~ N(0, 1), as PyTorch's and flax's, and layer 0's input is E wide.
 
-    With ``embed_dim`` an embedding table ``embed`` (V, E) ~ N(0, 1), as
-    PyTorch's and flax's, comes first and layer 0's input weights are (E, H).
+    ``init`` (any cell, by the arrays' d2l names):
+    - ``d2l``: the cell's own, d2l's ``normal``: weights ~ N(0, s^2), s = ``init_scale`` or 0.01;
+      biases 0, the forget gate's ``forget_bias``; gains (layer norm) 1;
+    - ``flax``: flax's cells' and Dense's: recurrent ``W_h*`` orthogonal, every other weight matrix
+      LeCun-normal (fan-in), vectors as d2l's;
+    - ``uniform``: every weight matrix, bias and the embedding ~ U(-s, s), s = ``init_scale`` or
+      1/sqrt(num_hiddens) (PyTorch's ``nn.LSTM``; Zaremba et al. 2014 use 0.1 / 0.05 / 0.04), added
+      to the biases' d2l values (so ``forget_bias`` still shifts the forget gate); gains stay 1.
     """
     c, o = cells.get(cell), Options(num_hiddens, proj_size, forget_bias)
     out = c.state_sizes(o)[0]  # what the next layer and the head see
@@ -160,7 +170,31 @@ def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: i
         params[layer_key(l)] = c.init(jax.random.fold_in(key, l), out, o)
     if embed_dim:
         params["embed"] = jax.random.normal(jax.random.fold_in(key, 10_000), (vocab_size, embed_dim))
-    return params
+    if init == "d2l" and not init_scale:
+        return params
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+    draw = {"d2l": _d2l, "flax": _flax_init, "uniform": _uniform}[init]
+    scale = init_scale or (0.01 if init == "d2l" else num_hiddens ** -0.5)
+    return tree.unflatten([draw(jax.random.fold_in(key, 20_000 + n), path[-1].key, a, scale)
+                           for n, (path, a) in enumerate(leaves)])
+
+
+def _d2l(key, name, a, std):
+    return a * (std / 0.01) if name[0] in "Ww" and name != "embed" else a
+
+
+def _flax_init(key, name, a, _):
+    if a.ndim != 2 or name == "embed":
+        return a
+    recurrent = name.startswith("W_h") and name != "W_hq"
+    draw = nn.initializers.orthogonal() if recurrent else nn.initializers.lecun_normal()
+    return draw(key, a.shape, a.dtype)
+
+
+def _uniform(key, name, a, bound):
+    if not name.startswith(("W_", "b_", "embed")):
+        return a
+    return jax.random.uniform(key, a.shape, a.dtype, -bound, bound) + (a if name.startswith("b_") else 0)
 
 
 def dropout_mask(key: jax.Array, site: int, shape: tuple, rate: float, dtype) -> jax.Array:

@@ -1,0 +1,139 @@
+"""The study a user runs first: every cell on tiny Shakespeare at one wall-clock budget, several seeds.
+
+  python scripts/cell_study.py --budget 90 --seeds 0,1,2 --out runs/cell_study
+  python scripts/cell_study.py --out runs/cell_study --report docs/img/cell_study.png --json docs/data/cell_study.json
+
+Each run is ``python -m lstm_jax.train --config experiments/shakespeare.py`` (2 layers, batch 32 x 64,
+Adam with cosine, flax-style initialization) with one cell. Seed 0 of each row runs under
+``time_budget_s``, which measures the speed after compiling and fixes the number of updates
+(``num_updates`` in its summary.json); the other seeds run exactly that many updates, so they need
+no quiet machine and every seed of a row gets the same training. Two tables: the same hidden size
+(256) for every cell, and hidden sizes chosen so the parameter count is the LSTM's (within 2%).
+Re-running skips finished runs. The score is the best full-validation loss (nats/char).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+CONFIG = "experiments/shakespeare.py"
+VOCAB = 65  # tiny Shakespeare's characters
+CELLS = ("lstm", "lstm_cifg", "lstm_peephole", "lstm_layernorm", "lstm_proj", "gru", "gru_reset_after", "rnn")
+
+
+def equal_params_hidden(cell: str, target: int, layers: int = 2) -> int:
+    """The hidden size (a multiple of 8) whose model has the parameter count nearest ``target``."""
+    from lstm_jax import models
+
+    count = lambda h: models.LanguageModel("scratch", VOCAB, h, num_layers=layers, cell=cell).num_params()
+    return min(range(64, 1025, 8), key=lambda h: abs(count(h) - target))
+
+
+def rows() -> list[tuple[str, str, dict]]:
+    """(table, row name, config overrides)."""
+    from lstm_jax import models
+
+    out = [("same hidden size (256)", c, {"cell": c}) for c in CELLS]
+    out.append(("same hidden size (256)", "lstm, forget_bias=1", {"cell": "lstm", "forget_bias": 1.0}))
+    out.append(("same hidden size (256)", "lstm, concise (flax's own)",
+                {"model": "concise", "init": None, "lstm_impl": "fast"}))
+    target = models.LanguageModel("scratch", VOCAB, 256, num_layers=2).num_params()
+    for c in ("lstm_cifg", "lstm_proj", "gru", "gru_reset_after", "rnn"):
+        h = equal_params_hidden(c, target)
+        out.append((f"same parameters ({target:,})", f"{c} ({h})", {"cell": c, "num_hiddens": h}))
+    return out
+
+
+def run_dir(out: str, name: str, seed: int) -> str:
+    slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+    return os.path.join(out, f"{slug}_s{seed}")
+
+
+def train(workdir: str, overrides: dict, log) -> dict:
+    args = [sys.executable, "-m", "lstm_jax.train", "--config", CONFIG, f"--workdir={workdir}"]
+    args += [f"--config.{k}={v}" for k, v in overrides.items()]
+    if not os.path.exists(os.path.join(workdir, "summary.json")):
+        print(" ".join(args[1:]), file=log, flush=True)
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)
+
+
+def run(out: str, budget: float, seeds: list[int], log=sys.stdout) -> list[dict]:
+    table = rows()
+    # Every row's calibrating run first, while the machine is quiet; then the repeats.
+    firsts = [train(run_dir(out, name, seeds[0]), {**o, "seed": seeds[0], "time_budget_s": budget}, log)
+              for _, name, o in table]
+    results = []
+    for (tab, name, o), first in zip(table, firsts):
+        n = first["num_updates"]
+        runs = [first] + [train(run_dir(out, name, s), {**o, "seed": s, "time_budget_s": 0, "num_updates": n}, log)
+                          for s in seeds[1:]]
+        losses = [r["best_val_loss"] for r in runs]
+        results.append({"table": tab, "row": name, "overrides": o, "num_updates": n,
+                        "num_params": first["num_params"], "tokens_per_sec": first["tokens_per_sec_median"],
+                        "best_val_loss": losses, "mean": statistics.mean(losses), "spread": max(losses) - min(losses)})
+    return results
+
+
+def markdown(results: list[dict]) -> str:
+    lines = []
+    for table in dict.fromkeys(r["table"] for r in results):
+        lines += [f"\n**{table}**\n", "| cell | parameters | updates | tokens/s | best val nats/char (mean ± half range) | seeds |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in (r for r in results if r["table"] == table):
+            seeds = ", ".join(f"{x:.4f}" for x in r["best_val_loss"])
+            lines.append(f"| {r['row']} | {r['num_params']:,} | {r['num_updates']:,} | {r['tokens_per_sec']:,.0f} "
+                         f"| {r['mean']:.4f} ± {r['spread'] / 2:.4f} | {seeds} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = list(dict.fromkeys(r["table"] for r in results))
+    fig, axes = plt.subplots(1, len(tables), figsize=(11, 4.5), dpi=120, sharex=True,
+                             gridspec_kw={"width_ratios": [sum(r["table"] == t for r in results) for t in tables]})
+    for ax, table in zip(axes, tables):
+        rs = sorted((r for r in results if r["table"] == table), key=lambda r: r["mean"])
+        for y, r in enumerate(rs):
+            ax.plot(r["best_val_loss"], [y] * len(r["best_val_loss"]), "o", color="tab:blue", alpha=0.6)
+            ax.plot([r["mean"]], [y], "|", color="black", markersize=14)
+        ax.set_yticks(range(len(rs)), [r["row"] for r in rs], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(table, fontsize=9)
+        ax.set_xlabel("best validation loss (nats/char), lower is better")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/cell_study")
+    p.add_argument("--budget", type=float, default=90.0, help="seconds of training per run (seed 0 measures)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--report", help="write the plot here (PNG)")
+    p.add_argument("--json", help="write the results here")
+    a = p.parse_args()
+    results = run(a.out, a.budget, [int(s) for s in a.seeds.split(",")])
+    print(markdown(results))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"budget_s": a.budget, "config": CONFIG, "results": results}, f, indent=1)
+    if a.report:
+        plot(results, a.report, f"tiny Shakespeare, {a.budget:.0f} s per run ({CONFIG}), one dot per seed")
+
+
+if __name__ == "__main__":
+    main()
