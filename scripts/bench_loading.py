@@ -36,9 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=100, help="size of the test file")
     args = parser.parse_args()
-    from lstm_jax import data
+    from lstm_jax import corpora
 
-    with open(data.corpus_path("tinyshakespeare"), "rb") as f:
+    with open(corpora.corpus_path("tinyshakespeare"), "rb") as f:
         text = f.read()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "big.txt")

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from lstm_jax import data
+from lstm_jax import corpora, data
 from lstm_jax.errors import UserError
 
 
@@ -51,7 +51,7 @@ def www(tmp_path):
 
 def fake_corpus(monkeypatch, url, sha1):
     """A built-in corpus "fake": one file, sub/fake.txt in the data directory."""
-    monkeypatch.setitem(data.CORPORA, "fake", {"train": data.CorpusFile("sub/fake.txt", sha1, url)})
+    monkeypatch.setitem(corpora.CORPORA, "fake", {"train": corpora.CorpusFile("sub/fake.txt", sha1, url)})
 
 
 def d2l_tokens(path, token):
@@ -64,7 +64,7 @@ def d2l_tokens(path, token):
 @pytest.mark.parametrize("token", ["char", "word"])
 def test_vectorized_loading_is_d2l_token_for_token(token):
     # The book's own preprocessing, on the whole book: same vocabulary order, same ids.
-    path = data.corpus_path("timemachine")
+    path = corpora.corpus_path("timemachine")
     tokens = d2l_tokens(path, token)
     vocab = data.Vocab.from_counts(collections.Counter(tokens), token=token)
     corpus = data.load_corpus(path, token, max_tokens=-1)
@@ -98,9 +98,9 @@ def test_raw_text_keeps_every_character(tmp_path):
 
 
 def test_tiny_shakespeare_is_nanogpts_split():
-    path = data.resolve_corpus("tinyshakespeare", None, None, None, None)
-    assert path == os.path.join(data.data_dir(), "tinyshakespeare.txt")
-    assert data.sha1_of(path) == "04486597058d11dcc2c556b1d0433891eb639d2e"
+    path = corpora.resolve_corpus("tinyshakespeare", None, None, None, None)["train"]
+    assert path == os.path.join(corpora.data_dir(), "tinyshakespeare.txt")
+    assert corpora.sha1_of(path) == "04486597058d11dcc2c556b1d0433891eb639d2e"
     c = data.load_corpus(path, "char", max_tokens=0, val_fraction=0.1, normalize="none")
     assert len(c.vocab) == 66  # 65 characters and <unk>
     assert c.splits == {"train": (0, 1003854), "val": (1003854, 1115394), "test": (1115394, 1115394)}
@@ -125,9 +125,9 @@ def test_prompts_are_normalized_like_the_text():
 
 
 def test_builtin_corpus_is_the_d2l_book():
-    path = data.resolve_corpus("timemachine", None, None, None, None)
-    assert path == data.corpus_path("timemachine") == os.path.join(data.data_dir(), "timemachine.txt")
-    assert data.sha1_of(path) == "090b5e7e70c295757f55df93cb0a180b9691891a"
+    path = corpora.resolve_corpus("timemachine", None, None, None, None)["train"]
+    assert path == corpora.corpus_path("timemachine") == os.path.join(corpora.data_dir(), "timemachine.txt")
+    assert corpora.sha1_of(path) == "090b5e7e70c295757f55df93cb0a180b9691891a"
     corpus = data.load_corpus(path)
     assert corpus.vocab.idx_to_token[:5] == ("<unk>", " ", "e", "t", "a")  # d2l's printed order
     assert len(corpus.train) == 10000
@@ -135,7 +135,7 @@ def test_builtin_corpus_is_the_d2l_book():
 
 
 def test_splits_are_contiguous_tails():
-    path = data.corpus_path("timemachine")
+    path = corpora.corpus_path("timemachine")
     full = data.load_corpus(path, max_tokens=-1)
     c = data.load_corpus(path, max_tokens=11000, val_fraction=0.1, test_fraction=0.05)
     assert c.splits == {"train": (0, 9350), "val": (9350, 10450), "test": (10450, 11000)}
@@ -146,10 +146,10 @@ def test_splits_are_contiguous_tails():
 
 
 def test_bad_corpora(tmp_path):
-    resolve = lambda path: data.resolve_corpus("timemachine", path, None, None, str(tmp_path))
+    resolve = lambda path: corpora.resolve_corpus("timemachine", path, None, None, str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
         resolve(str(tmp_path / "nope.txt"))
-    with pytest.raises(UserError, match="is a directory, not a text file"):
+    with pytest.raises(UserError, match="has no train.txt"):
         resolve(str(tmp_path))
     with pytest.raises(UserError, match="no letters"):
         data.load_corpus(write(tmp_path, "123 !!\n\n", "digits.txt"))
@@ -163,11 +163,11 @@ def test_bad_corpora(tmp_path):
     with pytest.raises(UserError, match="looks binary"):
         data.load_corpus(str(p))
     with pytest.raises(UserError, match="sha1"):
-        data.resolve_corpus("timemachine", write(tmp_path, "abc"), None, "0" * 40, str(tmp_path))
+        corpora.resolve_corpus("timemachine", write(tmp_path, "abc"), None, "0" * 40, str(tmp_path))
     with pytest.raises(UserError, match="not-a-url.* is not a URL"):
-        data.resolve_corpus("timemachine", None, "not-a-url", None, str(tmp_path))
+        corpora.resolve_corpus("timemachine", None, "not-a-url", None, str(tmp_path))
     with pytest.raises(UserError, match="cannot download"):
-        data.resolve_corpus("timemachine", None, "gopher://x/y", None, str(tmp_path))
+        corpora.resolve_corpus("timemachine", None, "gopher://x/y", None, str(tmp_path))
 
 
 def test_encode_file_counts_what_the_vocabulary_lacks(tmp_path):
@@ -181,10 +181,10 @@ def test_download_file_url_with_checksum(tmp_path):
     src = write(tmp_path, "hello world\n" * 10, "src.txt")
     sha1 = hashlib.sha1(open(src, "rb").read()).hexdigest()
     cache = tmp_path / "cache"
-    got = data.download("file://" + src, sha1, str(cache))
+    got = corpora.download("file://" + src, sha1, str(cache))
     assert open(got).read() == open(src).read()
     with pytest.raises(UserError, match="expected"):
-        data.download("file://" + src, "f" * 40, str(cache / "other"))
+        corpora.download("file://" + src, "f" * 40, str(cache / "other"))
     assert not os.listdir(cache / "other")  # a bad download leaves nothing behind
 
 
@@ -194,53 +194,53 @@ def test_download_over_http(tmp_path, www):
     (served / "book.txt.cut").write_text("never served whole", encoding="utf-8")
     sha1 = hashlib.sha1((served / "book.txt").read_bytes()).hexdigest()
     cache = tmp_path / "cache"
-    path = data.resolve_corpus("timemachine", None, base + "book.txt", sha1, str(cache))
+    path = corpora.resolve_corpus("timemachine", None, base + "book.txt", sha1, str(cache))["train"]
     assert path == str(cache / f"{sha1[:12]}-book.txt")
     corpus = data.load_corpus(path, max_tokens=-1)
     assert corpus.vocab.join(corpus.vocab.to_tokens(corpus.ids)) == "it was a dark and stormy night"
     with pytest.raises(UserError, match="cannot download"):
-        data.download(base + "book.txt.missing", None, str(cache))
+        corpora.download(base + "book.txt.missing", None, str(cache))
     with pytest.raises(UserError, match=r"cannot download .*book.txt.cut: IncompleteRead"):
-        data.download(base + "book.txt.cut", None, str(cache))  # no sha1: only the length says it is cut
+        corpora.download(base + "book.txt.cut", None, str(cache))  # no sha1: only the length says it is cut
     assert os.listdir(cache) == [os.path.basename(path)]
 
 
 def test_url_downloads_go_to_the_data_dir(tmp_path, monkeypatch):
     src = write(tmp_path, "hello\n", "src.txt")
     monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))
-    assert data.resolve_corpus("timemachine", None, "file://" + src, None, None) == str(tmp_path / "data" / "src.txt")
+    assert corpora.resolve_corpus("timemachine", None, "file://" + src, None, None)["train"] == str(tmp_path / "data" / "src.txt")
     monkeypatch.delenv("LSTM_JAX_DATA")
-    assert data.data_dir() == os.path.expanduser("~/.cache/lstm_jax")
+    assert corpora.data_dir() == os.path.expanduser("~/.cache/lstm_jax")
 
 
 def test_present_corpus_file_is_used_without_network(tmp_path, monkeypatch):
     # The real corpus, from LSTM_JAX_DATA (in CI a read-only directory nothing may be written to).
-    f = data.CORPORA["timemachine"]["train"]
-    monkeypatch.setitem(data.CORPORA["timemachine"], "train", f._replace(url=UNREACHABLE))
-    before = sorted(os.listdir(data.data_dir()))
-    assert data.corpus_path("timemachine") == os.path.join(data.data_dir(), "timemachine.txt")
-    assert sorted(os.listdir(data.data_dir())) == before
+    f = corpora.CORPORA["timemachine"]["train"]
+    monkeypatch.setitem(corpora.CORPORA["timemachine"], "train", f._replace(url=UNREACHABLE))
+    before = sorted(os.listdir(corpora.data_dir()))
+    assert corpora.corpus_path("timemachine") == os.path.join(corpora.data_dir(), "timemachine.txt")
+    assert sorted(os.listdir(corpora.data_dir())) == before
     # A fresh data directory holding one file, and a given cache_dir that wins over it.
     path = write(tmp_path, "some text\n", "data/sub/fake.txt")
-    fake_corpus(monkeypatch, UNREACHABLE, data.sha1_of(path))
+    fake_corpus(monkeypatch, UNREACHABLE, corpora.sha1_of(path))
     monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))
-    assert data.resolve_corpus("fake", None, None, None, None) == path
+    assert corpora.resolve_corpus("fake", None, None, None, None)["train"] == path
     assert os.listdir(tmp_path / "data" / "sub") == ["fake.txt"]
     other = write(tmp_path, "some text\n", "cache/sub/fake.txt")
-    assert data.resolve_corpus("fake", None, None, None, str(tmp_path / "cache")) == other
+    assert corpora.resolve_corpus("fake", None, None, None, str(tmp_path / "cache"))["train"] == other
 
 
 def test_missing_corpus_file_is_downloaded_once(tmp_path, monkeypatch, www):
     served, base = www
     (served / "book.txt").write_text("It was a dark and stormy night\n", encoding="utf-8")
-    fake_corpus(monkeypatch, base + "book.txt", data.sha1_of(served / "book.txt"))
+    fake_corpus(monkeypatch, base + "book.txt", corpora.sha1_of(served / "book.txt"))
     monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))  # does not exist yet
-    path = data.corpus_path("fake")
+    path = corpora.corpus_path("fake")
     assert path == str(tmp_path / "data" / "sub" / "fake.txt")
     assert open(path).read() == "It was a dark and stormy night\n"
     assert os.listdir(tmp_path / "data" / "sub") == ["fake.txt"]  # no temporary file left
     (served / "book.txt").unlink()
-    assert data.corpus_path("fake") == path  # from now on no network is needed
+    assert corpora.corpus_path("fake") == path  # from now on no network is needed
 
 
 @pytest.mark.parametrize("name,sha1,why", [
@@ -253,11 +253,11 @@ def test_failed_download_leaves_nothing_and_says_where_to_put_the_file(tmp_path,
     served, base = www
     (served / "book.txt").write_text("It was a dark and stormy night\n", encoding="utf-8")
     (served / "book.txt.cut").write_text("It was a dark and stormy night\n", encoding="utf-8")
-    url, sha1 = (base + name if name else UNREACHABLE), sha1 or data.sha1_of(served / "book.txt")
+    url, sha1 = (base + name if name else UNREACHABLE), sha1 or corpora.sha1_of(served / "book.txt")
     fake_corpus(monkeypatch, url, sha1)
     monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "data"))
     with pytest.raises(UserError) as e:
-        data.resolve_corpus("fake", None, None, None, None)
+        corpora.resolve_corpus("fake", None, None, None, None)
     target = tmp_path / "data" / "sub" / "fake.txt"
     message = str(e.value)
     assert "\n" not in message and re.search(why, message), message
@@ -270,21 +270,60 @@ def test_present_corpus_file_with_a_wrong_hash_is_an_error(tmp_path, monkeypatch
     path = write(tmp_path, "not the right text\n", "data/sub/fake.txt")
     fake_corpus(monkeypatch, UNREACHABLE, "1" * 40)
     with pytest.raises(UserError) as e:
-        data.corpus_path("fake", directory=str(tmp_path / "data"))
-    assert str(e.value) == (f"{path} has sha1 {data.sha1_of(path)}, not that of the fake corpus; put {UNREACHABLE} "
+        corpora.corpus_path("fake", directory=str(tmp_path / "data"))
+    assert str(e.value) == (f"{path} has sha1 {corpora.sha1_of(path)}, not that of the fake corpus; put {UNREACHABLE} "
                             f"(sha1 {'1' * 40}) at {path}, or set LSTM_JAX_DATA to a directory holding sub/fake.txt "
                             "and unset config.data.cache_dir")
     assert open(path).read() == "not the right text\n"  # left for the user to replace
 
 
-@pytest.mark.parametrize("token,normalize", [("char", "d2l"), ("char", "none"), ("word", "d2l"), ("word", "none")])
+@pytest.mark.parametrize("token,normalize", [("char", "d2l"), ("char", "none"), ("word", "d2l"), ("word", "none"),
+                                            ("word", "eos")])
 def test_chunk_boundaries_change_nothing(token, normalize, monkeypatch):
     # The file is read a few MB at a time; in 4 KB pieces (lines and words cut across
     # many boundaries) the ids and the vocabulary's order must be the same.
-    path = data.corpus_path("timemachine")
+    path = corpora.corpus_path("timemachine")
     whole = data.load_corpus(path, token, 0, normalize=normalize)
     monkeypatch.setattr(data, "_CHUNK_BYTES", 4096)
     pieces = data.load_corpus(path, token, 0, normalize=normalize)
     assert pieces.vocab.idx_to_token == whole.vocab.idx_to_token
     np.testing.assert_array_equal(pieces.ids, whole.ids)
     assert len(whole.ids) > 30000
+
+
+@pytest.mark.parametrize("corpus,vocab,counts,first", [
+    ("ptb", 10_000, (929_589, 73_760, 82_430), "aer banknote berlitz"),
+    pytest.param("wikitext2", 33_278, (2_088_628, 217_646, 245_569), "<eos> = Valkyria", marks=pytest.mark.slow),
+])
+def test_word_corpora_are_their_own_three_files(corpus, vocab, counts, first):
+    """Word tokens split on whitespace, one <eos> per line (blank lines too), the training file's
+    vocabulary: the counts PyTorch's word_language_model and AWD-LSTM report."""
+    d = dict(corpus=corpus, path=None, url=None, sha1=None, cache_dir=None, token="word", normalize="eos",
+             max_tokens=0, val_fraction=0.0, test_fraction=0.0, min_freq=0)
+    c = data.from_config(type("Data", (), d))
+    assert len(c.vocab) == vocab and c.vocab.idx_to_token[0] == "<unk>" and "<eos>" in c.vocab.token_to_idx
+    assert tuple(len(c.split(s)) for s in ("train", "val", "test")) == counts
+    assert " ".join(c.vocab.to_tokens(c.train[:3])) == first
+    assert c.vocab.to_tokens(c.split("val")[-1:]) == ["<eos>"]
+    with pytest.raises(UserError, match="corpus ptb is read as words with <eos> at each line's end"):
+        data.from_config(type("Data", (), {**d, "corpus": "ptb", "token": "char", "normalize": "d2l"}))
+
+
+def test_a_directory_is_a_corpus_of_its_own_splits(tmp_path):
+    write(tmp_path, "the cat sat\n\nthe dog\n", "corpus/train.txt")
+    (tmp_path / "corpus" / "valid.txt").write_bytes(b"the bird sat\r\nthe cat")  # CRLF, no final newline
+    files = corpora.resolve_corpus("timemachine", str(tmp_path / "corpus"), None, None, None)
+    assert set(files) == {"train", "val"}
+    c = data.load_corpus(files, "word", 0, normalize="eos")
+    words = lambda s: c.vocab.to_tokens(c.split(s))
+    assert words("train") == ["the", "cat", "sat", "<eos>", "<eos>", "the", "dog", "<eos>"]
+    assert words("val") == ["the", "<unk>", "sat", "<eos>", "the", "cat", "<eos>"]  # bird: not in train
+    assert c.splits["test"] == (15, 15) and c.source == files["train"]
+    short = data.load_corpus(files, "word", 2, normalize="eos")  # max_tokens cuts each file
+    assert short.splits == {"train": (0, 2), "val": (2, 4), "test": (4, 4)}
+    with pytest.raises(UserError, match="has its own val file"):
+        data.load_corpus(files, "word", 0, val_fraction=0.1, normalize="eos")
+    with pytest.raises(UserError, match="sha1 checks one file"):
+        corpora.resolve_corpus("timemachine", str(tmp_path / "corpus"), None, "0" * 40, None)
+    assert c.vocab.split("the cat\nsat") == ["the", "cat", "<eos>", "sat"]
+    assert c.vocab.join(["the", "cat", "<eos>", "sat", "<eos>"]) == "the cat\nsat\n"

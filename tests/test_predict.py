@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLI, one_error_line, run_cli
-from lstm_jax import data, models, predict
+from lstm_jax import concise, corpora, data, models, predict
 from lstm_jax.errors import UserError
 
-VOCAB = data.load_corpus(data.corpus_path("timemachine")).vocab
+VOCAB = data.load_corpus(corpora.corpus_path("timemachine")).vocab
 
 
 def d2l_predict_ch8(model, params, vocab, prefix, num_preds):
@@ -42,7 +42,7 @@ def model_and_params(request):
     params = jax.tree.unflatten(tree, [1.2 * jax.random.normal(jax.random.key(i), a.shape)
                                        for i, a in enumerate(leaves)])
     if variant == "concise":
-        params = models.scratch_to_concise(params)
+        params = concise.scratch_to_concise(params)
     return model, params
 
 
