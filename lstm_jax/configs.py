@@ -27,10 +27,10 @@ CHOICES = {
     "lstm_impl": ("fast", "reference"),
     "init": ("d2l", "flax", "uniform"),
     "dtype": ("float32", "bfloat16"),
-    "optimizer": ("sgd", "adam", "adamw"),
-    "lr_schedule": ("constant", "cosine"),
-    "data.corpus": ("timemachine", "tinyshakespeare"),
-    "data.normalize": ("d2l", "none"),
+    "optimizer": ("sgd", "adam", "adamw", "ntasgd"),
+    "lr_schedule": ("constant", "cosine", "step"),
+    "data.corpus": ("timemachine", "tinyshakespeare", "ptb", "wikitext2"),
+    "data.normalize": ("d2l", "none", "eos"),
     "data.token": ("char", "word"),
 }
 
@@ -49,20 +49,32 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.init_scale = 0.0  # d2l's std (0: 0.01) or uniform's bound s (0: 1/sqrt(num_hiddens))
     c.num_layers = 1  # stacked recurrent layers (d2l's deep RNN)
     c.embed_dim = 0  # 0: one-hot input (d2l, done as a row lookup); > 0: an embedding table
+    c.tie_weights = False  # the head is the embedding's transpose (Press & Wolf 2017; Inan et al. 2017)
     c.dropout = 0.0  # on non-recurrent connections only (Zaremba et al. 2014); off in evaluation
+    # AWD-LSTM's dropouts (scratch; lstm_jax/regularize.py): the rates at the embedding's output and before
+    # the head (unset: dropout's), masks per sequence instead of per step, embedding rows, recurrent weights
+    c.dropout_input = config_dict.placeholder(float)
+    c.dropout_output = config_dict.placeholder(float)
+    c.locked_dropout = False
+    c.embed_dropout = 0.0
+    c.weight_drop = 0.0
+    c.activation_reg = 0.0  # AWD's AR: + activation_reg * mean(h^2) of the last layer's dropped outputs (AWD: 2)
+    c.temporal_reg = 0.0  # AWD's TAR: + temporal_reg * mean((h_t - h_{t-1})^2), before dropout (AWD: 1)
     c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
     # How the layers run: 'fast' (the engine) or 'reference'. Unset: the fastest the cell has.
     c.lstm_impl = config_dict.placeholder(str)
 
     c.data = ml_collections.ConfigDict()
-    c.data.corpus = "timemachine"  # a built-in corpus: 'timemachine' or 'tinyshakespeare'
-    c.data.path = config_dict.placeholder(str)  # a UTF-8 text file instead of the built-in corpus
+    c.data.corpus = "timemachine"  # built in: 'timemachine', 'tinyshakespeare'; words: 'ptb', 'wikitext2'
+    # A UTF-8 text file instead, or a directory of train.txt, valid.txt and test.txt (its own splits)
+    c.data.path = config_dict.placeholder(str)
     c.data.url = config_dict.placeholder(str)  # or download this (cached, hash-checked)
     c.data.sha1 = config_dict.placeholder(str)  # expected SHA-1 of the file at path/url
     c.data.cache_dir = config_dict.placeholder(str)  # unset: $LSTM_JAX_DATA, else ~/.cache/lstm_jax
-    c.data.normalize = "d2l"  # 'd2l': letters only, lower-cased; 'none': every character kept
+    # 'd2l': letters only, lower-cased; 'none': every character kept; 'eos': words, <eos> at line ends
+    c.data.normalize = "d2l"
     c.data.token = "char"  # 'char' or 'word'
-    c.data.max_tokens = 10000  # d2l trains on the first 10,000 tokens; <= 0 keeps all
+    c.data.max_tokens = 10000  # d2l trains on the first 10,000 tokens (split corpora: of each file); <= 0: all
     c.data.min_freq = 0
     c.data.val_fraction = 0.0  # held-out tails of the token stream: train, then val, then test
     c.data.test_fraction = 0.0
@@ -70,10 +82,15 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.batch_size = 32
     c.num_steps = 35
-    c.optimizer = "sgd"  # 'sgd', 'adam' or 'adamw'
+    c.optimizer = "sgd"  # 'sgd', 'adam', 'adamw' or 'ntasgd' (AWD-LSTM's: SGD, then the mean of the iterates)
+    c.nonmono = 5  # ntasgd: average once validation is worse than the best of all but the last nonmono
     c.learning_rate = 1.0  # the peak rate under a schedule
     c.weight_decay = 0.0  # adamw's decoupled weight decay
-    c.lr_schedule = "constant"  # 'constant' or 'cosine' (to 0 over the run's num_epochs)
+    # 'constant', 'cosine' (to 0 over the run's num_epochs) or 'step' (Zaremba et al.: times lr_decay each
+    # epoch after the first lr_decay_after epochs)
+    c.lr_schedule = "constant"
+    c.lr_decay = 0.5
+    c.lr_decay_after = 4
     c.warmup_steps = 0  # linear warm-up from 0 (updates)
     c.grad_clip = 1.0  # global gradient norm bound (d2l's grad_clipping(net, 1))
     c.num_epochs = 50
@@ -81,6 +98,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.time_budget_s = 0.0  # > 0: as many updates as fit in this many seconds (measured), at most num_epochs
     c.seed = 0
 
+    c.eval_batch_size = 0  # held-out text scored as this many streams side by side; 0: batch_size (AWD: 1)
     c.eval_every_steps = 0  # held-out evaluation every N updates; 0: once per epoch
     c.log_every = 10  # epochs between d2l-style lines with greedy continuations
     c.prefixes = ("time traveller", "traveller")
@@ -97,7 +115,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 # logged, how long it runs or how it is computed, never what one update computes.
 RESUME_SAFE = frozenset({
     "num_epochs", "time_budget_s", "log_every", "prefixes", "num_preds", "batches_per_call",
-    "checkpoint_every", "max_to_keep", "overwrite", "eval_every_steps",
+    "checkpoint_every", "max_to_keep", "overwrite", "eval_every_steps", "eval_batch_size",
     "lstm_impl",  # same parameters, function and gradients either way
     "data.cache_dir",  # where the corpus is found, not what it holds (its SHA-1 is checked)
 })
@@ -109,10 +127,11 @@ RETIRED = {
     "keep_cores_awake": None,  # 0.2: idle-priority spinners, where the idle time went
 }
 
-_POSITIVE = ("num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
+_POSITIVE = ("nonmono", "num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
              "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
              "grad_clip")
-_NON_NEGATIVE = ("embed_dim", "proj_size", "init_scale", "weight_decay", "warmup_steps", "time_budget_s", "num_updates",
+_RATES = ("dropout", "dropout_input", "dropout_output", "embed_dropout", "weight_drop")
+_NON_NEGATIVE = ("activation_reg", "temporal_reg", "embed_dim", "proj_size", "init_scale", "eval_batch_size", "lr_decay", "lr_decay_after", "weight_decay", "warmup_steps", "time_budget_s", "num_updates",
                  "eval_every_steps", "data.min_freq", "data.val_fraction", "data.test_fraction")
 
 
@@ -129,12 +148,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if (value <= 0) if name in _POSITIVE else (value < 0):
             must = "positive" if name in _POSITIVE else ">= 0"
             raise UserError(f"config.{name} must be {must}, got {value!r}")
-    if not 0 <= config.dropout < 1:
-        raise UserError(f"config.dropout must be in [0, 1), got {config.dropout!r}")
+    for name in _RATES:
+        if config[name] is not None and not 0 <= config[name] < 1:
+            raise UserError(f"config.{name} must be in [0, 1), got {config[name]!r}")
+    awd = [f"{n}={config[n]!r}" for n in _RATES[1:] + ("locked_dropout", "activation_reg", "temporal_reg")
+           if config[n] not in (None, 0, False)]
+    if awd and config.model == "concise":
+        raise UserError(f"config.{awd[0]}: the concise model (flax's cells) has only config.dropout; use model='scratch'")
+    if (config.embed_dropout or config.dropout_input) and not config.embed_dim:
+        raise UserError("config.embed_dropout and config.dropout_input act on an embedding: set config.embed_dim")
     if config.data.val_fraction + config.data.test_fraction >= 1:
         raise UserError(f"config.data.val_fraction + config.data.test_fraction must be < 1 (the rest is "
                         f"the training split), got {config.data.val_fraction} + {config.data.test_fraction}")
     _validate_cell(config)
+    if config.data.normalize == "eos" and config.data.token != "word":
+        raise UserError("config.data.normalize='eos' (an <eos> token at each line's end) needs config.data.token='word'")
     if config.data.path and config.data.url:
         raise UserError("set config.data.path or config.data.url, not both")
 
@@ -155,6 +183,15 @@ def _validate_cell(c) -> None:
                         "initializers; use config.model='scratch' (with init='flax' it draws the same way)")
     if c.init == "flax" and c.init_scale:
         raise UserError(f"config.init_scale={c.init_scale}: init='flax' has no scale; it applies to 'd2l' and 'uniform'")
+    if c.tie_weights:
+        width = cell.state_sizes(cells.Options(c.num_hiddens, c.proj_size))[0]
+        if c.model == "concise":
+            raise UserError("config.tie_weights=True: the concise model (flax's cells) does not tie; use model='scratch'")
+        if c.embed_dim != width:
+            raise UserError(f"config.tie_weights=True: the embedding (embed_dim={c.embed_dim}) must be as wide as "
+                            f"the head's input ({width}): set embed_dim={width}"
+                            + ("" if c.cell == "lstm_proj" else f", or cell='lstm_proj' with proj_size={c.embed_dim}"
+                               if c.embed_dim else ""))
     if c.proj_size and c.cell != "lstm_proj":
         raise UserError(f"config.proj_size={c.proj_size}: only cell lstm_proj has a projection, not {c.cell}")
     if c.forget_bias and (c.cell not in _FORGET_GATE or c.model == "concise"):

@@ -35,26 +35,33 @@ class Experiment:
         if self.shardings is None:
             self.shardings = distributed.Shardings(distributed.make_mesh())
         distributed.check_batch_size(self.config.batch_size, self.shardings.num_devices)
+        distributed.check_batch_size(self.eval_batch_size, self.shardings.num_devices, "config.eval_batch_size")
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "Experiment":
         configs.validate(config)
         c, d = config, config.data
-        path = data.resolve_corpus(d.corpus, d.path, d.url, d.sha1, d.cache_dir)
-        corpus = data.load_corpus(path, d.token, d.max_tokens, d.val_fraction, d.test_fraction,
-                                  d.min_freq, d.normalize)
+        corpus = data.from_config(d)
         batches.check_enough(len(corpus.train), c.batch_size, c.num_steps, d.random_iter,
-                          f"the training split of {path}")
+                             f"the training split of {corpus.source}")
         n = batches.num_batches(len(corpus.train), c.batch_size, c.num_steps, d.random_iter)
-        heldout = {name: batches.heldout_streams(corpus.ids, *corpus.splits[name], c.batch_size, c.num_steps)
+        heldout = {name: batches.heldout_streams(corpus.ids, *corpus.splits[name], c.eval_batch_size or c.batch_size,
+                                                 c.num_steps)
                    for name in ("val", "test") if corpus.splits[name][1] > corpus.splits[name][0]}
+        if c.optimizer == "ntasgd" and "val" not in heldout:
+            raise UserError("config.optimizer='ntasgd' decides when to average from the validation loss: "
+                            "the run needs a validation split (config.data.val_fraction, or a corpus with one)")
         model = models.from_config(c, len(corpus.vocab))
         total = c.num_updates or c.num_epochs * n
-        return cls(c, corpus, model, make_optimizer(c, total), n, heldout, total)
+        return cls(c, corpus, model, make_optimizer(c, total, n), n, heldout, total)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.config.eval_batch_size or self.config.batch_size
 
     def with_num_updates(self, num_updates: int) -> "Experiment":
         """The same run, ``num_updates`` long: its schedule ends there (a new compiled program)."""
-        optimizer = make_optimizer(self.config, num_updates)
+        optimizer = make_optimizer(self.config, num_updates, self.batches_per_epoch)
         return dataclasses.replace(self, num_updates=num_updates, optimizer=optimizer)
 
     def measure_num_updates(self, ts, state, budget_s: float) -> int:
@@ -133,7 +140,7 @@ def check_memory(exp: Experiment, log: Callable[[str], None]) -> None:
     optimizer's slots, and what the backward pass keeps per token (gates, cells, hidden states, logits).
     """
     c, m = exp.config, exp.model
-    slots = {"sgd": 0, "adam": 2, "adamw": 2}[c.optimizer]
+    slots = {"sgd": 0, "adam": 2, "adamw": 2, "ntasgd": 1}[c.optimizer]  # ntasgd: the mean
     per_token = m.num_layers * 10 * c.num_hiddens + 4 * m.vocab_size + 4 * c.embed_dim
     need = 4 * (m.num_params() * (4 + slots) + c.batch_size * c.num_steps * per_token)
     device = jax.local_devices()[0]

@@ -11,7 +11,8 @@ static argument; ``init(key) -> params``, ``initial_state(batch)`` and
   else, or with ``impl="reference"``, autodiff of its ``step`` under ``lax.scan``;
 - ``concise``: flax's own cell under ``nn.RNN`` (``lstm``: ``OptimizedLSTMCell``,
   ``gru_reset_after``: ``GRUCell``, ``rnn``: ``SimpleCell``), one per layer, and a dense
-  head; for the LSTM ``impl="fast"`` runs flax's parameters through our engine, re-keyed.
+  head (:mod:`lstm_jax.concise`); for the LSTM ``impl="fast"`` runs flax's parameters
+  through our engine, re-keyed.
 
 Parameters (scratch): layer 0's under the cell's (d2l's) names at the top level with the
 head ``W_hq, b_q``, layer l's under ``layer<l>``, an embedding under ``embed``. The state
@@ -24,13 +25,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lstm_jax import cells, engine
-from lstm_jax.cells import Options, lstm
-from lstm_jax.cells.lstm import LSTMState
+from lstm_jax.cells import Options
+from lstm_jax.regularize import Dropout, drop_embedding, drop_weights, dropout, dropout_mask
 
 Params = Any
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: compute in the parameters' dtype
@@ -53,17 +53,21 @@ class LanguageModel:
     impl: str | None = None  # "fast" or "reference"; None: the fastest this cell and variant have
     num_layers: int = 1
     embed_dim: int = 0
-    dropout: float = 0.0
+    dropout: float | Dropout = 0.0  # a rate: per-step masks at every site (Zaremba); or each kind's rates
     cell: str = "lstm"
     proj_size: int = 0
     forget_bias: float = 0.0
     initializer: str | None = None  # scratch: "d2l" (None), "flax" or "uniform" (:func:`init_params`)
     init_scale: float = 0.0
+    tie_weights: bool = False  # the head is the embedding's transpose (scratch)
+    activation_reg: float = 0.0  # AWD's AR and TAR coefficients, training's (steps.objective)
+    temporal_reg: float = 0.0
 
     def __post_init__(self):
         if self.variant not in ("scratch", "concise"):
             raise ValueError(f"unknown variant {self.variant!r}")
-        object.__setattr__(self, "dropout", float(self.dropout))
+        if not isinstance(self.dropout, Dropout):
+            object.__setattr__(self, "dropout", float(self.dropout))
         object.__setattr__(self, "forget_bias", float(self.forget_bias))
         object.__setattr__(self, "init_scale", float(self.init_scale))
 
@@ -75,6 +79,11 @@ class LanguageModel:
         if self.variant == "concise":
             return "reference"
         return "fast" if cells.get(self.cell).engine else "reference"
+
+    @property
+    def drop(self) -> Dropout:
+        d = self.dropout
+        return d if isinstance(d, Dropout) else Dropout(d, d, d)
 
     @property
     def options(self) -> Options:
@@ -93,35 +102,48 @@ class LanguageModel:
     def num_params(self) -> int:
         return sum(a.size for a in jax.tree.leaves(jax.eval_shape(self.init, jax.random.key(0))))
 
-    def _flax(self) -> "ConciseModel":
+    def _flax(self):
+        from lstm_jax.concise import ConciseModel  # it builds on this module
+
         return ConciseModel(self.cell, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim,
-                            self.dropout, DTYPES[self.dtype])
+                            self.drop.hidden, DTYPES[self.dtype])
 
     def init(self, key: jax.Array) -> Params:
         if self.variant == "scratch":
             return init_params(key, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim,
-                               self.cell, self.proj_size, self.forget_bias, self.initializer or "d2l", self.init_scale)
+                               self.cell, self.proj_size, self.forget_bias, self.initializer or "d2l", self.init_scale,
+                               self.tie_weights)
         zeros = self.initial_state(1)
         return self._flax().init(key, jax.tree.map(lambda a: a.astype(jnp.float32), zeros),
                                  jnp.zeros((1, 1), jnp.int32))
 
-    def apply(self, params: Params, state, tokens_BxT: jax.Array, key=None):
+    def apply(self, params: Params, state, tokens_BxT: jax.Array, key=None, outputs: bool = False):
+        """``(logits, state)``; ``outputs`` (scratch): and the last layer's outputs before and after dropout."""
         low = DTYPES[self.dtype]
         compute = (lambda tree: jax.tree.map(lambda a: a.astype(low), tree)) if low else (lambda tree: tree)
         if self.variant == "concise" and self.runs == "reference":
             logits, state = self._flax().apply(params, compute(state), tokens_BxT, key)
         else:
             if self.variant == "concise":
+                from lstm_jax.concise import concise_to_scratch
+
                 params = concise_to_scratch(params)
             run = fast_apply if self.runs == "fast" else reference_apply
-            logits, state = run(compute(params), compute(state), tokens_BxT, key, self.dropout, cell=self.cell)
+            logits, state, *hs = run(compute(params), compute(state), tokens_BxT, key, self.drop, cell=self.cell,
+                                     outputs=outputs)
+            if outputs:
+                return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state, hs[0]
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state
 
 
 def from_config(config, vocab_size: int) -> LanguageModel:
     c = config
-    return LanguageModel(c.model, vocab_size, c.num_hiddens, c.dtype, c.lstm_impl, c.num_layers,
-                         c.embed_dim, c.dropout, c.cell, c.proj_size, c.forget_bias, c.init, c.init_scale)
+    rate = lambda given: c.dropout if given is None else float(given)
+    drop = Dropout(rate(c.dropout_input), float(c.dropout), rate(c.dropout_output), bool(c.locked_dropout),
+                   float(c.embed_dropout), float(c.weight_drop))
+    return LanguageModel(c.model, vocab_size, c.num_hiddens, c.dtype, c.lstm_impl, c.num_layers, c.embed_dim,
+                         drop, c.cell, c.proj_size, c.forget_bias, c.init, c.init_scale, c.tie_weights,
+                         float(c.activation_reg), float(c.temporal_reg))
 
 
 # ---------------------------------------------------------------------------
@@ -148,18 +170,17 @@ def layer(params: Params, l: int) -> Params:
 
 def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: int = 1,
                 embed_dim: int = 0, cell: str = "lstm", proj_size: int = 0, forget_bias: float = 0.0,
-                init: str = "d2l", init_scale: float = 0.0) -> Params:
+                init: str = "d2l", init_scale: float = 0.0, tie_weights: bool = False) -> Params:
     """The cell's parameters for every layer and the head ``W_hq, b_q``; with ``embed_dim`` an
     embedding table ``embed`` (V, E) ~ N(0, 1), as PyTorch's and flax's, and layer 0's input is E wide.
 
-    ``init`` (any cell, by the arrays' d2l names):
-    - ``d2l``: the cell's own, d2l's ``normal``: weights ~ N(0, s^2), s = ``init_scale`` or 0.01;
-      biases 0, the forget gate's ``forget_bias``; gains (layer norm) 1;
-    - ``flax``: flax's cells' and Dense's: recurrent ``W_h*`` orthogonal, every other weight matrix
-      LeCun-normal (fan-in), vectors as d2l's;
-    - ``uniform``: every weight matrix, bias and the embedding ~ U(-s, s), s = ``init_scale`` or
-      1/sqrt(num_hiddens) (PyTorch's ``nn.LSTM``; Zaremba et al. 2014 use 0.1 / 0.05 / 0.04), added
-      to the biases' d2l values (so ``forget_bias`` still shifts the forget gate); gains stay 1.
+    ``init``: the cell's own (``d2l``: weights ~ N(0, 0.01^2), biases 0 but the forget gate's
+    ``forget_bias``, gains 1), or drawn again by :func:`cells.redraw`: ``d2l`` with another std
+    ``init_scale``, ``flax`` or ``uniform`` (bound ``init_scale``, else 1/sqrt(num_hiddens) as PyTorch's
+    ``nn.LSTM``; Zaremba et al. 2014 use 0.1 / 0.05 / 0.04).
+
+    ``tie_weights`` (Press & Wolf 2017, Inan et al. 2017): the head is the embedding's transpose, one
+    array, drawn as the head's weights are (so it needs ``embed_dim`` equal to the head's input width).
     """
     c, o = cells.get(cell), Options(num_hiddens, proj_size, forget_bias)
     out = c.state_sizes(o)[0]  # what the next layer and the head see
@@ -170,56 +191,26 @@ def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: i
         params[layer_key(l)] = c.init(jax.random.fold_in(key, l), out, o)
     if embed_dim:
         params["embed"] = jax.random.normal(jax.random.fold_in(key, 10_000), (vocab_size, embed_dim))
-    if init == "d2l" and not init_scale:
-        return params
-    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
-    draw = {"d2l": _d2l, "flax": _flax_init, "uniform": _uniform}[init]
-    scale = init_scale or (0.01 if init == "d2l" else num_hiddens ** -0.5)
-    return tree.unflatten([draw(jax.random.fold_in(key, 20_000 + n), path[-1].key, a, scale)
-                           for n, (path, a) in enumerate(leaves)])
+    if init != "d2l" or init_scale:
+        params = cells.redraw(key, params, init, init_scale or (0.01 if init == "d2l" else num_hiddens ** -0.5))
+    if tie_weights:
+        if params["W_hq"].shape[0] != embed_dim:
+            raise ValueError(f"tied weights need embed_dim = the head's input width {out}, got {embed_dim}")
+        params["embed"] = params.pop("W_hq").T
+    return params
 
 
-def _d2l(key, name, a, std):
-    return a * (std / 0.01) if name[0] in "Ww" and name != "embed" else a
-
-
-def _flax_init(key, name, a, _):
-    if a.ndim != 2 or name == "embed":
-        return a
-    recurrent = name.startswith("W_h") and name != "W_hq"
-    draw = nn.initializers.orthogonal() if recurrent else nn.initializers.lecun_normal()
-    return draw(key, a.shape, a.dtype)
-
-
-def _uniform(key, name, a, bound):
-    if not name.startswith(("W_", "b_", "embed")):
-        return a
-    return jax.random.uniform(key, a.shape, a.dtype, -bound, bound) + (a if name.startswith("b_") else 0)
-
-
-def dropout_mask(key: jax.Array, site: int, shape: tuple, rate: float, dtype) -> jax.Array:
-    """Inverted dropout's multiplier at connection ``site``: 0 or 1 / (1 - rate), per unit.
-
-    Layer l's input is site l (layer 0's only with an embedding), the head's input
-    site L. Every implementation draws its masks here, time-major (T, B, D), so
-    the same key drops the same units in all of them.
-    """
-    keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1 - rate, shape)
-    return jnp.where(keep, 1 / (1 - rate), 0).astype(dtype)
-
-
-def dropout(key: jax.Array | None, site: int, x_TxBxD: jax.Array, rate: float) -> jax.Array:
-    """``x`` times its dropout mask; ``key=None`` (evaluation, generation) or ``rate=0``: ``x``."""
-    if key is None or rate == 0:
-        return x_TxBxD
-    return x_TxBxD * dropout_mask(key, site, x_TxBxD.shape, rate, x_TxBxD.dtype)
-
-
-def layer_input(params: Params, tokens_TxB: jax.Array, key, rate: float) -> jax.Array:
+def layer_input(params: Params, tokens_TxB: jax.Array, key, drop: Dropout) -> jax.Array:
     """Layer 0's input: token ids (a row lookup, d2l's one-hot) or embedded and dropped out."""
     if "embed" not in params:
         return tokens_TxB
-    return dropout(key, 0, jnp.take(params["embed"], tokens_TxB, axis=0), rate)
+    table = drop_embedding(key, params["embed"], drop.embed)
+    return dropout(key, 0, jnp.take(table, tokens_TxB, axis=0), drop.input, drop.locked)
+
+
+def head(params: Params) -> tuple[jax.Array, jax.Array]:
+    """The output layer ``(W_hq, b_q)``; tied weights (no ``W_hq``) are the embedding's transpose."""
+    return params["W_hq"] if "W_hq" in params else params["embed"].T, params["b_q"]
 
 
 def _layer_state(state, l: int):
@@ -230,25 +221,26 @@ def _stack_layers(finals):
     return jax.tree.map(lambda *a: jnp.stack(a, 1), *finals)
 
 
-def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: float = 0.0,
-                    cell: str = "lstm"):
-    """Logits (B, T, V) and every layer's final state by autodiff-able ``lax.scan`` of the cell's step."""
+def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dropout = Dropout(),
+                    cell: str = "lstm", outputs: bool = False):
+    """Logits (B, T, V) and every layer's final state by autodiff-able ``lax.scan`` of the cell's step;
+    ``outputs``: also the last layer's outputs (T, B, H) before and after dropout."""
     c = cells.get(cell)
-    x = layer_input(params, tokens_BxT.T, key, rate)  # time-major, as the scan runs
+    x = layer_input(params, tokens_BxT.T, key, drop)  # time-major, as the scan runs
     finals = []
     for l in range(num_layers(params)):
         if l:
-            x = dropout(key, l, x, rate)
-        p = layer(params, l)
+            x = dropout(key, l, x, drop.hidden, drop.locked)
+        p = drop_weights(key, layer(params, l), c.recurrent, drop.weight, l)
         s, x = jax.lax.scan(lambda s, x_t: c.step(p, s, x_t), c.State(*_layer_state(state, l)), x)
         finals.append(s)
-    x = dropout(key, len(finals), x, rate)
-    logits_TxBxV = x @ params["W_hq"] + params["b_q"]
-    return jnp.swapaxes(logits_TxBxV, 0, 1), _stack_layers(finals)
+    h, x = x, dropout(key, len(finals), x, drop.output, drop.locked)
+    W_hq, b_q = head(params)
+    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals)) + (((h, x),) if outputs else ())
 
 
-def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: float = 0.0,
-               lanes: int | None = None, cell: str = "lstm"):
+def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dropout = Dropout(),
+               lanes: int | None = None, cell: str = "lstm", outputs: bool = False):
     """:func:`reference_apply` through the engine (same key, same dropout, same function).
 
     Each layer's input projection is one product over all time steps, before
@@ -266,23 +258,22 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: flo
     if B % lanes:
         raise ValueError(f"lanes={lanes} does not divide the batch size {B}")
     L = num_layers(params)
-    drop = key is not None and rate > 0
-    fused_head = eng.kernel is not None and not drop
+    fused_head = eng.kernel is not None and not (key is not None and drop.output > 0) and not outputs
     split = lambda a, axis: tuple(jnp.split(a, lanes, axis=axis))
     tokens_TxB = tokens_BxT.T
     if "embed" in params:  # dropped out as a whole, then cut into lanes
-        x_TxBxD = split(layer_input(params, tokens_TxB, key, rate), 1)
+        x_TxBxD = split(layer_input(params, tokens_TxB, key, drop), 1)
     finals = []
     for l in range(L):
-        p = layer(params, l)
+        p = drop_weights(key, layer(params, l), c.recurrent, drop.weight, l)
         (W_x, b), W_h = eng.input_weights(p), eng.recurrent_weights(p)
         b = jnp.zeros(W_x.shape[-1], W_x.dtype) if b is None else b
         if l == 0 and "embed" not in params:  # a row lookup instead of the one-hot product (same math)
             xp = tuple(jnp.take(W_x, t, axis=0) + b for t in split(tokens_TxB, 1))
         else:
-            if l and drop:  # the mask of the whole (T, B, H) input, cut into lanes
-                mask = split(dropout_mask(key, l, (tokens_TxB.shape[0], B, W_h.shape[0]), rate,
-                                          x_TxBxD[0].dtype), 1)
+            if l and key is not None and drop.hidden:  # the mask of the whole (T, B, H) input, cut into lanes
+                mask = split(dropout_mask(key, l, (tokens_TxB.shape[0], B, W_h.shape[0]), drop.hidden,
+                                          x_TxBxD[0].dtype, drop.locked), 1)
                 x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
             xp = engine.input_projection(*engine.same_vma((x_TxBxD, W_x, b)))
         if eng.prepare:
@@ -293,7 +284,7 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: flo
                 eng.pointwise, eng.additive, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
         elif l == L - 1 and fused_head:
             logits, h, cc = eng.kernel.recurrence_and_head(*engine.same_vma(
-                (xp, W_h, params["W_hq"], params["b_q"], tuple(s.h for s in s0), tuple(s.c for s in s0))))
+                (xp, W_h, *head(params), tuple(s.h for s in s0), tuple(s.c for s in s0))))
             final = tuple(map(c.State, h, cc))
         else:
             x_TxBxD, h, cc = eng.kernel.recurrence(
@@ -301,78 +292,9 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, rate: flo
             final = tuple(map(c.State, h, cc))
         finals.append(jax.tree.map(lambda *a: jnp.concatenate(a), *final))
     if fused_head:
-        logits_BxTxV = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
-    else:
-        x = dropout(key, L, jnp.concatenate(x_TxBxD, axis=1), rate)
-        logits_BxTxV = jnp.swapaxes(x @ params["W_hq"] + params["b_q"], 0, 1)
-    return logits_BxTxV, _stack_layers(finals)
-
-
-# ---------------------------------------------------------------------------
-# The concise model: flax's own cells
-# ---------------------------------------------------------------------------
-
-
-class ConciseModel(nn.Module):
-    """d2l's concise model: library recurrent layers over one-hot (or embedded) inputs, then a dense head."""
-
-    cell: str
-    vocab_size: int
-    num_hiddens: int
-    num_layers: int = 1
-    embed_dim: int = 0
-    dropout: float = 0.0
-    dtype: Any = None  # compute dtype; None follows the parameters
-
-    @nn.compact
-    def __call__(self, state, tokens_BxT: jax.Array, key=None):
-        dtype = self.dtype or state[0].dtype
-        if self.embed_dim:
-            x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                         name="embed")(tokens_BxT)
-            x = _dropout_batch_major(key, 0, x, self.dropout)
-        else:
-            x = jax.nn.one_hot(tokens_BxT, self.vocab_size, dtype=dtype)
-        is_lstm = self.cell == "lstm"
-        finals = []
-        for l in range(self.num_layers):
-            if l:
-                x = _dropout_batch_major(key, l, x, self.dropout)
-            flax_cell = getattr(nn, cells.FLAX[self.cell])(self.num_hiddens, dtype=self.dtype,
-                                                           param_dtype=jnp.float32, name=_flax_layer(l, self.cell))
-            s = _layer_state(state, l)
-            # flax's LSTM carry is (c, h); ours is d2l's (h, c).
-            carry, x = nn.RNN(flax_cell, return_carry=True)(x, initial_carry=(s.c, s.h) if is_lstm else s.h)
-            finals.append(LSTMState(carry[1], carry[0]) if is_lstm else cells.HState(carry))
-        x = _dropout_batch_major(key, self.num_layers, x, self.dropout)
-        logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        logits = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
         return logits, _stack_layers(finals)
-
-
-def _dropout_batch_major(key, site, x_BxTxD, rate):
-    """:func:`dropout` (time-major masks) for flax's batch-major layout: the same units dropped."""
-    return jnp.swapaxes(dropout(key, site, jnp.swapaxes(x_BxTxD, 0, 1), rate), 0, 1)
-
-
-def _flax_layer(l: int, cell: str = "lstm") -> str:
-    return cell if l == 0 else f"{cell}_{l}"
-
-
-def scratch_to_concise(params: Params) -> Params:
-    """The LSTM's parameters as flax's ``OptimizedLSTMCell`` layers, dense head and embedding."""
-    out = {_flax_layer(l): lstm.to_flax(layer(params, l)) for l in range(num_layers(params))}
-    out["head"] = {"kernel": params["W_hq"], "bias": params["b_q"]}
-    if "embed" in params:
-        out["embed"] = {"embedding": params["embed"]}
-    return {"params": out}
-
-
-def concise_to_scratch(params: Params) -> Params:
-    flax_params = params["params"]
-    count = sum(k.startswith("lstm") for k in flax_params)
-    layers = [lstm.from_flax(flax_params[_flax_layer(l)]) for l in range(count)]
-    out = {**layers[0], "W_hq": flax_params["head"]["kernel"], "b_q": flax_params["head"]["bias"]}
-    out.update({layer_key(l): p for l, p in enumerate(layers) if l})
-    if "embed" in flax_params:
-        out["embed"] = flax_params["embed"]["embedding"]
-    return out
+    h = jnp.concatenate(x_TxBxD, axis=1)
+    x = dropout(key, L, h, drop.output, drop.locked)
+    W_hq, b_q = head(params)
+    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals)) + (((h, x),) if outputs else ())

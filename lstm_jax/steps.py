@@ -42,26 +42,31 @@ class Optimizer:
     warmup_steps: int = 0
     cosine: bool = False
     total_steps: int = 1
+    decay: float = 1.0  # times this every decay_every updates, after decay_after of those periods
+    decay_every: int = 0
+    decay_after: int = 0
     learning_rate: float = dataclasses.field(default=1.0, compare=False)
 
     def transform(self) -> optax.GradientTransformation:
-        warmup, cosine, total = self.warmup_steps, self.cosine, self.total_steps
+        warmup, cosine, total, every = self.warmup_steps, self.cosine, self.total_steps, self.decay_every
 
         def optimizer(learning_rate):
-            def rate(count):  # linear warm-up from 0, then constant or a cosine to 0 at total_steps
-                count = jnp.asarray(count, jnp.float32)
-                scale = jnp.minimum(1.0, count / warmup) if warmup else 1.0
+            def rate(count):  # linear warm-up from 0, then constant, a cosine to 0 at total_steps, or steps
+                scale = jnp.minimum(1.0, jnp.asarray(count, jnp.float32) / warmup) if warmup else 1.0
                 if cosine:
                     progress = jnp.clip((count - warmup) / max(total - warmup, 1), 0.0, 1.0)
                     scale = scale * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+                if every:  # Zaremba et al.: epoch e (from 0) runs at decay ** max(e + 1 - decay_after, 0)
+                    scale = scale * self.decay ** jnp.maximum(count // every + 1 - self.decay_after, 0)
                 return learning_rate * scale
 
-            sched = rate if (warmup or cosine) else learning_rate
+            sched = rate if (warmup or cosine or every) else learning_rate
             extra = {"weight_decay": self.weight_decay} if self.name == "adamw" else {}
-            return getattr(optax, self.name)(sched, **extra)  # optax.sgd, adam or adamw
+            return getattr(optax, "sgd" if self.name == "ntasgd" else self.name)(sched, **extra)  # sgd, adam(w)
 
         return optax.chain(optax.clip_by_global_norm(self.grad_clip),
-                           optax.inject_hyperparams(optimizer)(learning_rate=self.learning_rate))
+                           optax.inject_hyperparams(optimizer)(learning_rate=self.learning_rate),
+                           *([averaging()] if self.name == "ntasgd" else []))
 
     def init(self, params):
         return self.transform().init(params)
@@ -70,10 +75,48 @@ class Optimizer:
         return self.transform().update(grads, opt_state, params)
 
 
-def make_optimizer(c, total_steps: int) -> Optimizer:
-    cosine = c.lr_schedule == "cosine"  # only a cosine has a length (runs of other lengths share a program)
+class Averaging(NamedTuple):
+    """NT-ASGD's (Merity et al. 2018) mean of the iterates since averaging began."""
+
+    active: jax.Array  # bool: set by the training loop when validation stops improving
+    count: jax.Array  # iterates averaged so far
+    avg: Any  # their mean, shaped as the parameters
+
+
+def averaging() -> optax.GradientTransformation:
+    """The last link of NT-ASGD's chain: updates pass unchanged; once ``active``, each new iterate
+    joins the mean (the first one is the mean, as PyTorch's ASGD with t0=0, lambd=0, AWD-LSTM's)."""
+    def init(params):
+        return Averaging(jnp.zeros((), bool), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params):
+        count = state.count + state.active.astype(jnp.int32)
+        new = optax.apply_updates(params, updates)
+        avg = jax.tree.map(lambda a, p: jnp.where(state.active, a + (p - a) / jnp.maximum(count, 1), a),
+                           state.avg, new)
+        return updates, Averaging(state.active, count, avg)
+
+    return optax.GradientTransformation(init, update)
+
+
+def eval_params(ts: TrainState):
+    """The weights to evaluate, sample and keep as best: NT-ASGD's mean once it averages, else the iterate."""
+    st = ts.opt_state[-1]
+    if not isinstance(st, Averaging):
+        return ts.params
+    return jax.tree.map(lambda a, p: jnp.where(st.active, a, p), st.avg, ts.params)
+
+
+def start_averaging(ts: TrainState) -> TrainState:
+    *rest, st = ts.opt_state
+    return ts._replace(opt_state=(*rest, st._replace(active=jnp.logical_or(st.active, True))))
+
+
+def make_optimizer(c, total_steps: int, epoch_steps: int = 1) -> Optimizer:
+    cosine, step = c.lr_schedule == "cosine", c.lr_schedule == "step"  # only these have a length
     return Optimizer(c.optimizer, float(c.grad_clip), float(c.weight_decay), int(c.warmup_steps),
-                     cosine, int(total_steps) if cosine else 1, float(c.learning_rate))
+                     cosine, int(total_steps) if cosine else 1, float(c.lr_decay) if step else 1.0,
+                     int(epoch_steps) if step else 0, int(c.lr_decay_after) if step else 0, float(c.learning_rate))
 
 
 def init_train_state(model: LanguageModel, optimizer, key: jax.Array) -> TrainState:
@@ -87,11 +130,25 @@ def loss_fn(model: LanguageModel, params, state: LSTMState, X_BxT, Y_BxT, key=No
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, Y_BxT).mean(), state
 
 
+def objective(model: LanguageModel, params, state, X_BxT, Y_BxT, key=None):
+    """What training minimizes: the mean cross-entropy, plus AWD-LSTM's activation regularizers on the
+    last layer's outputs h (T, B, H) where the model has them, ``activation_reg * mean(dropout(h)^2)`` (AR)
+    and ``temporal_reg * mean((h_t - h_{t-1})^2)`` (TAR); returns it and (state, cross-entropy)."""
+    if not (model.activation_reg or model.temporal_reg):
+        loss, state = loss_fn(model, params, state, X_BxT, Y_BxT, key)
+        return loss, (state, loss)
+    logits_BxTxV, state, (h, dropped) = model.apply(params, state, X_BxT, key, outputs=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, Y_BxT).mean()
+    h, dropped = h.astype(jnp.float32), dropped.astype(jnp.float32)
+    penalty = model.activation_reg * jnp.mean(dropped ** 2) + model.temporal_reg * jnp.mean((h[1:] - h[:-1]) ** 2)
+    return loss + penalty, (state, loss)
+
+
 def train_step(model: LanguageModel, optimizer, ts: TrainState, state: LSTMState, X_BxT, Y_BxT,
                key: jax.Array):
     """Forward, loss, gradient, clipping and update. Dropout's key is ``key`` folded with the step."""
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model), has_aux=True)
-    (loss, state), grads = grad_fn(ts.params, state, X_BxT, Y_BxT, jax.random.fold_in(key, ts.step))
+    grad_fn = jax.value_and_grad(functools.partial(objective, model), has_aux=True)
+    (_, (state, loss)), grads = grad_fn(ts.params, state, X_BxT, Y_BxT, jax.random.fold_in(key, ts.step))
     updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
     params = optax.apply_updates(ts.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}

@@ -276,7 +276,7 @@ def main() -> None:
         try:
             given = dict(g.split("=", 1) if "=" in g else (g, "") for g in F.grid)
             given.update({ALIASES[s]: ",".join(F[s].value) for s in ALIASES if F[s].value})
-            trials = expand(grid_axes(config, {f: parse_values(config, f, v) for f, v in given.items()}))
+            trials = expand(grid_axes(config, {ALIASES.get(f, f): parse_values(config, f, v) for f, v in given.items()}))
             index, count = (int(x) for x in F.shard.split("/"))
             if not 0 <= index < count:
                 raise ValueError

@@ -191,17 +191,23 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
     stopped = False  # on should_stop()
 
     def record(evaluate: bool) -> dict:
-        nonlocal pending, best_val
+        nonlocal pending, best_val, ts
         losses, norms = np.concatenate(pending["loss"]), np.concatenate(pending["grad_norm"])
         rec = steps.train_record(epoch, step, elapsed, losses, norms, len(losses) * tokens_per_batch,
                                  pending["seconds"])
         pending = _no_pending()
         if evaluate and has_val:
-            rec.update(exp.evaluate(ts.params, "val"))
+            history = [r["val_loss"] for r in records if "val_loss" in r]
+            rec.update(exp.evaluate(steps.eval_params(ts), "val"))
             if rec["val_loss"] < best_val:
                 best_val = rec["val_loss"]
-                best_ckpts.save(step, {"train_state": ts, "lstm_state": state},
+                best_ckpts.save(step, {"train_state": ts._replace(params=steps.eval_params(ts)), "lstm_state": state},
                                 {"epoch": epoch, "batch": done, "val_loss": best_val}, c, exp.corpus.vocab)
+            if c.optimizer == "ntasgd" and not bool(ts.opt_state[-1].active) and len(history) > c.nonmono \
+                    and rec["val_loss"] > min(history[:-c.nonmono]):  # AWD-LSTM's non-monotone trigger
+                ts, rec["averaging_from"] = steps.start_averaging(ts), step
+                log(f"NT-ASGD: validation {rec['val_loss']:.4f} is worse than the best before the last "
+                    f"{c.nonmono} evaluations; averaging the weights from step {step} on")
         if is_main:
             writer.write(rec)
         records.append(rec)
@@ -245,7 +251,7 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
         if done == bpe:
             if (epoch + 1) % c.log_every == 0 or step == total:
                 log(metrics.epoch_line(records[-1], distributed.describe()))
-                for text in _continuations(exp, ts.params):
+                for text in _continuations(exp, steps.eval_params(ts)):
                     log(f"  {text}")
             epoch, done = epoch + 1, 0
         pos = Position(ts, state, epoch, done, pending, elapsed)
@@ -278,13 +284,13 @@ def _finish(exp, workdir, compile_s, records, ts, best_ckpts, stopped, last_save
         "num_updates": exp.num_updates, "interrupted": stopped, "checkpoint_step": last_saved,
     }
     if not stopped and "test" in exp.heldout:
-        params = ts.params
+        params = steps.eval_params(ts)
         if vals and best_ckpts.latest_step() is not None:
             params = best_ckpts.restore(best_ckpts.latest_step(), exp.abstract_arrays()).arrays["train_state"].params
         summary.update(exp.evaluate(params, "test"))
         log(f"test split (best parameters): {summary['test_loss']:.4f} nats/token, "
             f"{summary['test_bpc']:.4f} bits, perplexity {summary['test_ppl']:.3f}")
-    summary["continuations"] = _continuations(exp, ts.params)
+    summary["continuations"] = _continuations(exp, steps.eval_params(ts))
     if is_main:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)

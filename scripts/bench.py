@@ -72,6 +72,9 @@ CONFIGS = {
     # Zaremba et al.'s small model's shape: word embeddings as wide as the layers.
     "word": dict(batch_size=20, num_steps=20, num_hiddens=200, num_layers=2, max_tokens=0, token="word",
                  embed_dim=200),
+    # the same on the Penn Treebank: a 10,000-word head, most of a word model's work
+    "ptb": dict(batch_size=20, num_steps=20, num_hiddens=200, num_layers=2, max_tokens=0, token="word",
+                embed_dim=200, corpus="ptb", normalize="eos"),
     "shakespeare_1layer": dict(batch_size=64, num_steps=100, num_hiddens=512, num_layers=1, max_tokens=0,
                               corpus="tinyshakespeare", normalize="none"),
     "big_2layer": dict(batch_size=256, num_steps=35, num_hiddens=512, num_layers=2, max_tokens=40000),

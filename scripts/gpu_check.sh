@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One prepared check for a machine with a GPU, within 8 minutes:
+# One prepared check for a machine with a GPU, within 9 minutes:
 #   1. the devices JAX sees,
 #   2. the quick test tier,
 #   3. scripts/bench.py: lstm_impl fast vs reference (scratch) and flax's cell, at d2l, big,
 #      shakespeare, shakespeare_small and word,
 #   4. JAX's cuDNN LSTM (jax.experimental.rnn), where it imports and runs, at the same sizes,
-#   5. the seed's two runs (experiments/scratch.py, 50 epochs; experiments/concise.py,
+#   5. experiments/ptb_medium.py (Zaremba's medium PTB model) for a 120 s budget: tokens/s and the
+#      start of its perplexity curve (its full run is GPU hours),
+#   6. the seed's two runs (experiments/scratch.py, 50 epochs; experiments/concise.py,
 #      500 epochs) and the scratch run with bfloat16 compute,
 # then a short table (last lines of the output, also in OUT/table.md): which path to make
 # the GPU's default can be read off one run.
@@ -13,7 +15,7 @@
 #   scripts/gpu_check.sh [--out DIR]      # on the GPU machine (pip install -e '.[cuda12,dev]')
 #   scripts/gpu_check.sh --cpu-quick      # here, on CPU, about 2 minutes: same steps, small sizes
 #
-# Every step has its own time limit and the whole script a budget (480 s; 8 minutes);
+# Every step has its own time limit and the whole script a budget (540 s; 9 minutes);
 # a step that fails or overruns is marked in the table and the next one runs.
 # PYTHON=/path/to/python picks the interpreter (default: python, else python3).
 # Exit status: 0 if every step passed or was skipped, 1 otherwise.
@@ -22,13 +24,13 @@ cd "$(dirname "$0")/.."
 
 QUICK=0
 OUT=runs/gpu_check
-BUDGET_S=480
+BUDGET_S=540
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu-quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
     --out=*) OUT=${1#*=} ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -94,6 +96,14 @@ print(f"perplexity {s['final_train_ppl']:.2f} after {s['epochs']} epochs, "
       f"{s['tokens_per_sec_median']:,.0f} tok/s, compile {s['compile_s']:.1f} s, train {s['train_s']:.1f} s")
 EOF
 }
+ptb_result() {
+  "$PY" - "$OUT/$1/summary.json" <<'EOF' 2>/dev/null || echo "no summary.json"
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"{s['steps']} updates in {s['train_s']:.0f} s, {s['tokens_per_sec_median']:,.0f} tok/s, "
+      f"validation perplexity {s['final_val_ppl']:.1f}, test {s.get('test_ppl', float('nan')):.1f}")
+EOF
+}
 none_result() { :; }
 
 # 1. Devices.
@@ -122,13 +132,22 @@ if [ "$QUICK" = 1 ]; then
     --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
 else
   step bench 180 bench_result "$PY" scripts/bench.py --rounds 3 --warmup 1 \
-    --configs d2l,big,shakespeare,shakespeare_small,word --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
+    --configs d2l,big,shakespeare_small,ptb --impls scratch,scratch_reference,concise --json "$OUT/bench.json"
 fi
 
 # 4. JAX's cuDNN LSTM binding (GPU only): does it import and run, and how fast is it here?
 step cudnn 60 none_result "$PY" scripts/cudnn_check.py $( [ "$QUICK" = 1 ] && echo --quick )
 
-# 4. The seed's two runs, and bf16 compute.
+# 5. Zaremba's medium PTB model for a budget (the quick variant: a narrow one for a few seconds).
+if [ "$QUICK" = 1 ]; then
+  PTB=(--config.time_budget_s=5 --config.num_hiddens=32 --config.embed_dim=32)
+else
+  PTB=(--config.time_budget_s=120)
+fi
+step ptb_medium 200 ptb_result "$PY" -m lstm_jax.train --config experiments/ptb_medium.py \
+  --workdir "$OUT/ptb_medium" "${PTB[@]}"
+
+# 6. The seed's two runs, and bf16 compute.
 if [ "$QUICK" = 1 ]; then
   SCRATCH=(--config.num_epochs=2 --config.log_every=1)
   CONCISE=(--config.num_epochs=5 --config.log_every=5)

@@ -18,7 +18,8 @@ from jax.test_util import check_grads
 
 from conftest import assert_trees_close
 from lstm_jax.cells import lstm_kernel
-from lstm_jax import cells, engine, models
+from lstm_jax import cells, concise, engine, models
+from lstm_jax.regularize import Dropout
 from lstm_jax.steps import loss_fn
 
 torch = pytest.importorskip("torch")
@@ -290,7 +291,7 @@ def lm_inputs(name, seed, dtype=jnp.float64, num_layers=2, embed_dim=3):
 
 def lm_loss_and_grads(model, params, state, tokens, targets, key=None, lanes=None):
     apply = model.apply if lanes is None else functools.partial(
-        models.fast_apply, lanes=lanes, rate=model.dropout, cell=model.cell)
+        models.fast_apply, lanes=lanes, drop=model.drop, cell=model.cell)
 
     def loss(p, s):
         logits, new = apply(p, s, tokens, key)
@@ -301,9 +302,10 @@ def lm_loss_and_grads(model, params, state, tokens, targets, key=None, lanes=Non
 
 
 @pytest.mark.parametrize("name", ENGINE_CELLS)
-@pytest.mark.parametrize("lanes,dropout", [(1, 0.0), (2, 0.4)])
+@pytest.mark.parametrize("lanes,dropout", [(1, 0.0), (2, 0.4), (2, Dropout(0.2, 0.4, 0.25, True, 0.1, 0.3))])
 def test_engine_equals_definition_float64(name, lanes, dropout):
-    # Two layers, an embedding, a carried state (its gradient too), dropout between layers.
+    # Two layers, an embedding, a carried state (its gradient too), dropout between layers; AWD-LSTM's
+    # (locked masks, embedding rows, weight drop) draw the same masks in both.
     with jax.enable_x64(True):
         model, params, state, tokens, targets = lm_inputs(name, 1)
         key = jax.random.key(2) if dropout else None
@@ -385,7 +387,7 @@ def to_flax(name, params, gradient=False):
             cell = {f"i{g}": {"kernel": p[f"W_x{g}"], "bias": p[f"b_{g}"]} for g in "rzn"}
             cell.update({f"h{g}": {"kernel": p[f"W_h{g}"]} for g in "rzn"})
             cell["hn"]["bias"] = p["b_hn"]
-        out[models._flax_layer(l, name)] = cell
+        out[concise._flax_layer(l, name)] = cell
     return {"params": out}
 
 

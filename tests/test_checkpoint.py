@@ -159,7 +159,7 @@ def test_a_full_disk_during_a_save_loses_nothing(tiny_config, tmp_path, monkeypa
 
 def old_workdir(name, tmp_path):
     """A copy of a workdir written by an older lstm_jax, and its config as today's code reads it:
-    0.1.0 (one layer, (B, H) state, data.num_val, lstm_impl 'auto'), 0.2.0 (keep_cores_awake)."""
+    0.1.0 (one layer, (B, H) state, data.num_val, lstm_impl 'auto'), 0.2.0 (keep_cores_awake), 0.4.0."""
     shutil.copytree(os.path.join(DATA, name), tmp_path / name)
     with open(tmp_path / name / "config.json") as f:
         return tmp_path / name, ml_collections.ConfigDict(configs.upgrade(json.load(f)))
@@ -190,6 +190,17 @@ def test_workdirs_of_version_0_2_resume(tmp_path):
     # Stopped by lstm_jax 0.2.0 mid-epoch (2 layers, dropout, a validation split, keep_cores_awake in
     # its config); resumed here, it ends where 0.2.0's uninterrupted run ended.
     summary, records, reference = resume_old("v0.2-scratch", tmp_path)
+    assert summary["final_train_ppl"] == pytest.approx(reference["final_train_ppl"], rel=1e-6)
+    assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], rel=1e-6)
+    assert [r["step"] for r in records] == [r["step"] for r in reference["metrics"]]
+
+
+@pytest.mark.slow
+def test_workdirs_of_version_0_4_resume(tmp_path):
+    # Stopped by lstm_jax 0.4.0 after 8 of 57 updates (lstm_peephole, forget bias 1, 2 layers, dropout,
+    # Adam with warm-up and a cosine, a validation split); resumed here, it ends where 0.4.0's
+    # uninterrupted run ended: 0.5's new fields (init, dropouts, schedules, ...) default to 0.4's behaviour.
+    summary, records, reference = resume_old("v0.4-peephole", tmp_path)
     assert summary["final_train_ppl"] == pytest.approx(reference["final_train_ppl"], rel=1e-6)
     assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], rel=1e-6)
     assert [r["step"] for r in records] == [r["step"] for r in reference["metrics"]]

@@ -59,11 +59,26 @@ def test_missing_config_file(tmp_path):
     (["--config.data.val_fraction=0.6", "--config.data.test_fraction=0.5"], "must be < 1"),
     (["--config.num_hiddens=100000"], "needs about"),
     (["extra"], "unexpected arguments ['extra']"),
+    (["--config.num_hiddens=None"], "--config.num_hiddens=None"),  # only fields whose default is unset
 ])
 def test_train_bad_input_is_one_line(tmp_path, args, expected):
     line = one_error_line(run_cli("-m", "lstm_jax.train", *TINY_CLI, f"--workdir={tmp_path}/w", *args))
     assert expected in line, line
     assert not os.path.exists(tmp_path / "w" / "checkpoints")  # nothing left behind
+
+
+@pytest.mark.slow
+def test_none_on_the_command_line_unsets_a_field(tmp_path):
+    import json
+
+    out = run_cli("-m", "lstm_jax.train", "--config", "experiments/shakespeare.py", f"--workdir={tmp_path}",
+                  "--config.init=None", "--config.lstm_impl=None", "--config.data.corpus=timemachine",
+                  "--config.num_hiddens=8", "--config.num_layers=1", "--config.num_updates=1",
+                  "--config.time_budget_s=0", "--config.data.max_tokens=2000", "--config.data.val_fraction=0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)
+    assert saved["init"] is None and saved["lstm_impl"] is None and saved["cell"] == "lstm"
 
 
 @pytest.mark.parametrize("workdir,expected", [

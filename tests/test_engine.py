@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 from conftest import assert_trees_close
 from lstm_jax.cells import lstm_kernel
-from lstm_jax import engine, models
+from lstm_jax import concise, engine, models
 from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.steps import loss_fn
 
@@ -48,7 +48,7 @@ def loss_and_grads(impl, params, state, tokens, targets, final_state_weight=0.0,
     """Training loss (optionally + a term on the final state) and its gradients in params and state."""
     model = models.LanguageModel("scratch", V, H, impl=impl, num_layers=models.num_layers(params),
                               embed_dim=params["embed"].shape[1] if "embed" in params else 0, dropout=dropout)
-    apply = model.apply if lanes is None else functools.partial(models.fast_apply, lanes=lanes, rate=dropout)
+    apply = model.apply if lanes is None else functools.partial(models.fast_apply, lanes=lanes, drop=model.drop)
 
     def loss(p, s):
         logits, new = apply(p, s, tokens, key)
@@ -245,7 +245,7 @@ def test_lanes_are_a_function_of_the_model_sizes_only(monkeypatch):
 def test_concise_fast_is_flax_concise(dtype):
     # flax's parameters (tree, initializers) run through the fast path: same loss and gradients.
     params, state, tokens, targets = random_inputs(9)
-    flax_params = models.scratch_to_concise(params)
+    flax_params = concise.scratch_to_concise(params)
     out = {}
     for impl in ("fast", "reference"):
         model = models.LanguageModel("concise", V, H, dtype, impl=impl)

@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from conftest import assert_trees_close
-from lstm_jax import models
+from lstm_jax import cells, concise, models, regularize
 from lstm_jax.cells import lstm
 from lstm_jax.cells.lstm import LSTMState
 from lstm_jax.steps import loss_fn
@@ -47,6 +47,83 @@ def test_init_matches_d2l():
     # one layer's weights do not depend on the layers added above it
     np.testing.assert_array_equal(models.init_params(jax.random.key(0), 28, 64, 2)["W_hq"],
                                   models.init_params(jax.random.key(0), 28, 64, 1)["W_hq"])
+
+
+def _named(params):
+    return {"/".join(str(k.key) for k in path): a for path, a in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+@pytest.mark.parametrize("cell", cells.NAMES)
+def test_init_schemes_draw_every_cells_arrays_by_their_role(cell):
+    """flax's: orthogonal recurrent matrices, LeCun-normal others; uniform: within the bound; d2l's
+    scale; vectors that are not biases (gains, peepholes) and the forget bias keep their meaning."""
+    args = (jax.random.key(3), 40, 64, 2, 24, cell, 0, 1.0 if cell in ("lstm", "lstm_peephole") else 0.0)
+    d2l = _named(models.init_params(*args))
+    flax, uniform = (_named(models.init_params(*args, init=i)) for i in ("flax", "uniform"))
+    scaled = _named(models.init_params(*args, init_scale=0.05))
+    wide = _named(models.init_params(*args, init="uniform", init_scale=0.3))
+    for name, a in d2l.items():
+        leaf = name.split("/")[-1]
+        if a.ndim == 2 and leaf != "embed":
+            if leaf.startswith("W_h") and leaf != "W_hq":  # recurrent (and LSTMP's projection)
+                small = min(a.shape)
+                gram = flax[name].T @ flax[name] if a.shape[0] >= a.shape[1] else flax[name] @ flax[name].T
+                np.testing.assert_allclose(gram, np.eye(small), atol=1e-5, err_msg=name)
+            else:
+                assert abs(float(flax[name].std()) * np.sqrt(a.shape[0]) - 1) < 0.15, name
+            np.testing.assert_allclose(scaled[name], 5 * a, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(flax[name], a, err_msg=name)
+        if leaf.startswith(("W_", "b_", "embed")):
+            u = uniform[name] - (a if leaf.startswith("b_") else 0)
+            assert float(jnp.abs(u).max()) <= 64 ** -0.5 and float(jnp.abs(u).max()) > 0.8 * 64 ** -0.5, name
+            assert float(jnp.abs(wide[name] - (a if leaf.startswith("b_") else 0)).max()) > 0.25, name
+        else:
+            np.testing.assert_array_equal(uniform[name], a, err_msg=name)  # gains, peepholes
+    if "b_f" in d2l:
+        assert float(uniform["b_f"].mean()) == pytest.approx(args[-1], abs=0.03)
+    np.testing.assert_array_equal(d2l["W_hq"], _named(models.init_params(*args, init="d2l", init_scale=0.01))["W_hq"])
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(init="zaremba"), "config.init must be one of 'd2l', 'flax', 'uniform', got 'zaremba'"),
+    (dict(init="flax", init_scale=0.1), "config.init_scale=0.1: init='flax' has no scale"),
+    (dict(model="concise", init="uniform"), "model='concise' uses flax's own initializers"),
+    (dict(init_scale=-1.0), "config.init_scale must be >= 0, got -1.0"),
+    (dict(tie_weights=True, embed_dim=3), "config.tie_weights=True: the embedding (embed_dim=3) must be as wide as"),
+    (dict(tie_weights=True, model="concise"), "the concise model (flax's cells) does not tie"),
+])
+def test_init_fields_are_checked_with_one_line(tiny_config, fields, message):
+    from lstm_jax import configs
+    from lstm_jax.errors import UserError
+
+    for k, v in fields.items():
+        tiny_config[k] = v
+    with pytest.raises(UserError) as e:
+        configs.validate(tiny_config)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cell,impl", [("lstm", "fast"), ("lstm", "reference"), ("gru_reset_after", "fast"),
+                                       ("lstm_proj", "reference")])
+def test_tied_weights_are_one_array_serving_input_and_head(cell, impl):
+    """The tied model is the untied one with W_hq = embed^T: same logits, and the embedding's gradient
+    is the sum of both uses' (Press & Wolf 2017)."""
+    E = 3 if cell == "lstm_proj" else H
+    dropout = 0.0 if (cell, impl) == ("lstm", "fast") else 0.3  # 0: the LSTM kernel's fused head
+    kw = dict(embed_dim=E, num_layers=2, dropout=dropout, cell=cell, impl=impl, proj_size=3 if cell == "lstm_proj" else 0)
+    tied = models.LanguageModel("scratch", V, H, tie_weights=True, initializer="uniform", **kw)
+    p = tied.init(jax.random.key(0))
+    assert "W_hq" not in p and p["embed"].shape == (V, E) and float(jnp.abs(p["embed"]).max()) <= H ** -0.5
+    untied, q = models.LanguageModel("scratch", V, H, **kw), dict(p, W_hq=p["embed"].T)
+    tokens = jax.random.randint(jax.random.key(1), (B, T), 0, V)
+    grad = lambda m, params: jax.grad(lambda x: loss_fn(m, x, m.initial_state(B), tokens, tokens,
+                                                        jax.random.key(2))[0])(params)
+    np.testing.assert_allclose(tied.apply(p, tied.initial_state(B), tokens)[0],
+                               untied.apply(q, untied.initial_state(B), tokens)[0], rtol=1e-6)
+    gt, gu = grad(tied, p), grad(untied, q)
+    np.testing.assert_allclose(gt["embed"], gu["embed"] + gu["W_hq"].T, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gt["b_q"], gu["b_q"], rtol=1e-5, atol=1e-7)
 
 
 def test_lstm_step_is_the_d2l_formula():
@@ -94,7 +171,7 @@ def test_dropout_only_in_training_and_only_off_the_recurrence():
     np.testing.assert_array_equal(a, b)  # a function of the key
     assert not np.allclose(a, c) and not np.allclose(a, eval_logits)
     x = jnp.ones((4, 100, 8))
-    dropped = models.dropout(jax.random.key(0), 3, x, 0.25)
+    dropped = regularize.dropout(jax.random.key(0), 3, x, 0.25)
     np.testing.assert_allclose(np.unique(dropped), [0.0, 1 / 0.75], rtol=1e-6)  # inverted: mean kept
     assert abs(float((dropped == 0).mean()) - 0.25) < 0.03
 
@@ -127,12 +204,12 @@ def test_check_grads_sequence_loss_float64(num_layers, embed_dim, order):
 def test_param_mapping_round_trip():
     for num_layers, embed_dim in ((1, 0), (3, 4)):
         params, _, _ = random_inputs(3, num_layers=num_layers, embed_dim=embed_dim)
-        flax_params = models.scratch_to_concise(params)
-        concise = models.LanguageModel("concise", V, H, num_layers=num_layers, embed_dim=embed_dim)
-        expected = jax.eval_shape(concise.init, jax.random.key(0))
+        flax_params = concise.scratch_to_concise(params)
+        flax_model = models.LanguageModel("concise", V, H, num_layers=num_layers, embed_dim=embed_dim)
+        expected = jax.eval_shape(flax_model.init, jax.random.key(0))
         assert jax.tree.structure(flax_params) == jax.tree.structure(expected)
         assert jax.tree.map(jnp.shape, flax_params) == jax.tree.map(jnp.shape, expected)
-        back = models.concise_to_scratch(flax_params)
+        back = concise.concise_to_scratch(flax_params)
         jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
@@ -147,32 +224,32 @@ def test_scratch_and_flax_agree_on_logits_loss_and_gradients(seed, scratch_impl,
     key = jax.random.key(seed) if dropout else None
     kw = dict(num_layers=num_layers, embed_dim=embed_dim, dropout=dropout)
     scratch = models.LanguageModel("scratch", V, H, impl=scratch_impl, **kw)
-    concise = models.LanguageModel("concise", V, H, **kw)
-    flax_params = models.scratch_to_concise(params)
+    flax_model = models.LanguageModel("concise", V, H, **kw)
+    flax_params = concise.scratch_to_concise(params)
 
     logits_s, state_s = jax.jit(scratch.apply)(params, state, tokens, key)
-    logits_c, state_c = jax.jit(concise.apply)(flax_params, state, tokens, key)
+    logits_c, state_c = jax.jit(flax_model.apply)(flax_params, state, tokens, key)
     assert logits_s.shape == (B, T, V) and float(jnp.abs(logits_s).max()) > 0.5  # not a trivial output
     np.testing.assert_allclose(logits_s, logits_c, rtol=1e-5, atol=1e-5)
     assert_trees_close(state_s, state_c, rtol=1e-5, atol=1e-6)
 
     grad = lambda m: jax.jit(jax.value_and_grad(functools.partial(loss_fn, m), has_aux=True))
     (loss_s, _), g_s = grad(scratch)(params, state, tokens, targets, key)
-    (loss_c, _), g_c = grad(concise)(flax_params, state, tokens, targets, key)
+    (loss_c, _), g_c = grad(flax_model)(flax_params, state, tokens, targets, key)
     np.testing.assert_allclose(loss_s, loss_c, rtol=1e-6)
     assert float(loss_s) > 0.5  # a real loss, not a degenerate zero
-    assert_trees_close(g_s, models.concise_to_scratch(g_c), rtol=1e-4, atol=1e-6)
+    assert_trees_close(g_s, concise.concise_to_scratch(g_c), rtol=1e-4, atol=1e-6)
 
 
 def test_concise_default_runs_flax_cell():
     # "concise" is the library's layer: by default its apply IS flax's module, not our fast path.
     params, state, tokens = random_inputs(5)
-    flax_params = models.scratch_to_concise(params)
-    concise = models.LanguageModel("concise", V, H)
-    module = models.ConciseModel("lstm", V, H)
-    np.testing.assert_array_equal(concise.apply(flax_params, state, tokens)[0],
+    flax_params = concise.scratch_to_concise(params)
+    flax_model = models.LanguageModel("concise", V, H)
+    module = concise.ConciseModel("lstm", V, H)
+    np.testing.assert_array_equal(flax_model.apply(flax_params, state, tokens)[0],
                                   module.apply(flax_params, state, tokens)[0])
-    jaxpr = str(jax.make_jaxpr(concise.apply)(flax_params, state, tokens))
+    jaxpr = str(jax.make_jaxpr(flax_model.apply)(flax_params, state, tokens))
     assert "custom_vjp" not in jaxpr
     fast = str(jax.make_jaxpr(models.LanguageModel("concise", V, H, impl="fast").apply)(flax_params, state, tokens))
     assert "custom_vjp" in fast
@@ -183,7 +260,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(variant):
     model = models.LanguageModel(variant, V, H, "bfloat16")
     params, state, tokens = random_inputs(6)
     if variant == "concise":
-        params = models.scratch_to_concise(params)
+        params = concise.scratch_to_concise(params)
     logits, new = model.apply(params, state, tokens)
     assert logits.dtype == jnp.float32 and new.h.dtype == jnp.bfloat16
     ref, _ = models.LanguageModel(variant, V, H).apply(params, state, tokens)

@@ -163,6 +163,8 @@ def test_cli_end_to_end(tmp_path):
     assert again.returncode == 0 and "4 of 4 trials already finished" in again.stdout
     vmapped = run_cli(*SWEEP, "--lr", "0.5,2", "--no-vmap", f"--out={tmp_path / 'solo'}", "--dry_run")
     assert vmapped.returncode == 0 and vmapped.stdout.splitlines()[0] == "2 trials:"  # an old flag still works
+    aliased = run_cli(*SWEEP, "--grid", "hidden=8,16", "--grid", "cell=lstm,gru", f"--out={tmp_path / 'a'}", "--dry_run")
+    assert aliased.returncode == 0 and aliased.stdout.splitlines()[0] == "4 trials:", aliased.stderr[-500:]
     assert "--mode vmap was removed" in one_error_line(run_cli(*SWEEP, "--mode", "vmap", f"--out={tmp_path / 'v'}"))
 
 

@@ -145,6 +145,21 @@ def test_schedule_follows_warmup_and_cosine(tiny_config):
     assert rates[60] == pytest.approx(1.0, rel=1e-5) and rates[110] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_step_schedule_is_zarembas(tiny_config):
+    """lr * lr_decay ** max(epoch + 1 - lr_decay_after, 0), epochs counted from 0 (Zaremba's ptb_word_lm)."""
+    c = tiny_config
+    c.lr_schedule, c.learning_rate, c.lr_decay, c.lr_decay_after, c.optimizer = "step", 1.0, 0.5, 2, "sgd"
+    opt = steps.make_optimizer(c, total_steps=50, epoch_steps=10)
+    params, grads = {"w": np.ones(3, np.float32)}, {"w": np.full(3, 0.1, np.float32)}
+    state, rates = opt.init(params), []
+    for _ in range(41):
+        updates, state = opt.update(grads, state, params)
+        rates.append(-float(updates["w"][0]) / 0.1)
+    assert rates[0] == rates[19] == pytest.approx(1.0) and rates[20] == rates[29] == pytest.approx(0.5)
+    assert rates[30] == pytest.approx(0.25) and rates[40] == pytest.approx(0.125)
+    assert steps.make_optimizer(c, 50, 10) == steps.make_optimizer(c, 99, 10)  # no length: one program
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_config, tmp_path):
     tiny_config.learning_rate = float("inf")  # the first update makes every weight inf or nan
     with pytest.raises(UserError, match=r"loss became (nan|inf) in epoch 1 .*checkpoints/0; try a smaller"):
@@ -163,11 +178,14 @@ def test_a_model_that_cannot_fit_is_refused_before_anything_is_allocated(tiny_co
     ("grad_clip", 0.0, "config.grad_clip must be positive, got 0.0"),
     ("dropout", 1.0, "config.dropout must be in [0, 1), got 1.0"),
     ("num_layers", 0, "config.num_layers must be positive, got 0"),
-    ("optimizer", "rmsprop", "config.optimizer must be one of 'sgd', 'adam', 'adamw', got 'rmsprop'"),
-    ("lr_schedule", "step", "config.lr_schedule must be one of 'constant', 'cosine', got 'step'"),
+    ("optimizer", "rmsprop", "config.optimizer must be one of 'sgd', 'adam', 'adamw', 'ntasgd', got 'rmsprop'"),
+    ("lr_schedule", "linear", "config.lr_schedule must be one of 'constant', 'cosine', 'step', got 'linear'"),
     ("time_budget_s", -1.0, "config.time_budget_s must be >= 0, got -1.0"),
     ("model", "gru", "config.model must be one of 'scratch', 'concise', got 'gru'"),
-    ("data.corpus", "ptb", "config.data.corpus must be one of 'timemachine', 'tinyshakespeare', got 'ptb'"),
+    ("data.corpus", "wt103", "config.data.corpus must be one of 'timemachine', 'tinyshakespeare', 'ptb', "
+                            "'wikitext2', got 'wt103'"),
+    ("data.normalize", "eos", "config.data.normalize='eos' (an <eos> token at each line's end) needs "
+                              "config.data.token='word'"),
     ("data.val_fraction", 0.7, "config.data.val_fraction + config.data.test_fraction must be < 1"),
 ])
 def test_config_validation_names_field_and_value(tiny_config, field, value, message):
@@ -197,3 +215,52 @@ def test_config_differences_ignore_new_and_retired_defaults():
     assert configs.differences(old, base) == ["data.num_val (500 -> None)"]
     base.num_hiddens, base.num_epochs = 64, 7  # num_epochs may change on resume
     assert configs.differences(old, base)[1] == "num_hiddens (256 -> 64)"
+
+
+def test_ntasgd_averages_the_iterates_once_switched_on():
+    opt = steps.Optimizer("ntasgd", grad_clip=100.0, learning_rate=0.5)
+    params = {"w": np.zeros(2, np.float32)}
+    ts = steps.TrainState(0, params, opt.init(params))
+    iterates = []
+    for k in range(6):
+        if k == 2:
+            ts = steps.start_averaging(ts)
+        updates, opt_state = opt.update({"w": np.full(2, -1.0 - k, np.float32)}, ts.opt_state, ts.params)
+        ts = steps.TrainState(k + 1, optax_apply(ts.params, updates), opt_state)
+        iterates.append(np.asarray(ts.params["w"]))
+        if k < 2:  # plain SGD: the weights are evaluated as they are
+            np.testing.assert_array_equal(steps.eval_params(ts)["w"], ts.params["w"])
+    assert int(ts.opt_state[-1].count) == 4
+    np.testing.assert_allclose(steps.eval_params(ts)["w"], np.mean(iterates[2:], axis=0), rtol=1e-6)
+
+
+def optax_apply(params, updates):
+    import optax
+
+    return optax.apply_updates(params, updates)
+
+
+def test_ntasgd_switches_when_validation_stops_improving(tiny_config, tmp_path, monkeypatch):
+    """AWD-LSTM's trigger: a validation loss worse than the best before the last ``nonmono``; from then on
+    the averaged weights are evaluated, kept as best and scored on the test split."""
+    c = tiny_config
+    c.optimizer, c.nonmono, c.learning_rate, c.num_epochs = "ntasgd", 1, 1.0, 6
+    c.data.val_fraction, c.data.test_fraction = 0.1, 0.1
+    scripted = iter([3.0, 2.0, 3.5, 3.6, 3.7, 3.8])  # the third is worse than the first: switch there
+    real = experiment.Experiment.evaluate
+
+    def evaluate(self, params, split, n=None):
+        out = real(self, params, split, n)
+        return {**out, "val_loss": next(scripted)} if split == "val" and n is None else out
+
+    monkeypatch.setattr(experiment.Experiment, "evaluate", evaluate)
+    summary = train.train_and_evaluate(c, str(tmp_path), **quiet)
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
+    switched = [r for r in records if "averaging_from" in r]
+    assert len(switched) == 1 and switched[0]["epoch"] == 3
+    ts = summary["train_state"]
+    assert bool(ts.opt_state[-1].active) and int(ts.opt_state[-1].count) == int(ts.step) - switched[0]["step"]
+    assert not np.allclose(steps.eval_params(ts)["W_xi"], ts.params["W_xi"])
+    with pytest.raises(UserError, match="needs a validation split"):
+        c.data.val_fraction = 0.0
+        experiment.Experiment.from_config(c)

@@ -55,6 +55,11 @@ class Cell:
     state_sizes: Callable  # Options -> State of ints
     step: Callable  # (params, state, x_t) -> (state, h): x_t is ids (B,) or vectors (B, D)
     engine: Engine | None = None
+    gates: str = ""  # per gate g a W_h<g> multiplies the previous h (what weight drop masks)
+
+    @property
+    def recurrent(self) -> tuple[str, ...]:
+        return tuple(f"W_h{g}" for g in self.gates)
 
 
 def project(W_DxH: jax.Array, x_t: jax.Array) -> jax.Array:
@@ -90,6 +95,31 @@ def gate(p: dict, h: jax.Array, x_t: jax.Array, g: str) -> jax.Array:
 def stack(params: dict, prefix: str, gates: str) -> jax.Array:
     """Per-gate arrays ``<prefix><g>`` side by side along the last axis, in ``gates`` order."""
     return jnp.concatenate([params[f"{prefix}{g}"] for g in gates], axis=-1)
+
+
+def redraw(key, params: dict, scheme: str, scale: float) -> dict:
+    """Every layer's arrays drawn again by their role, which their d2l names say (``W_h*``: multiplies
+    the previous ``h``; ``W_*``: other weights; ``b_*``: biases; ``embed``), for any cell:
+
+    - ``d2l``: d2l's N(0, 0.01^2) weights as N(0, scale^2) (the same draws, rescaled);
+    - ``flax``: flax's cells and ``Dense``: ``W_h*`` orthogonal, other matrices LeCun-normal (fan-in);
+    - ``uniform``: weights, biases and the embedding ~ U(-scale, scale), added to the biases' values,
+      so a forget bias stays.
+    Other vectors (layer norm's gains, peepholes) keep the cell's own values. ``key``: the one the
+    parameters were drawn from (array n's new key is its 20,000 + n-th fold, apart from the cells')."""
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+    out = []
+    for n, (path, a) in enumerate(leaves):
+        name, k = path[-1].key, jax.random.fold_in(key, 20_000 + n)
+        if scheme == "d2l" and name[0] in "Ww" and name != "embed":
+            a = a * (scale / 0.01)
+        elif scheme == "flax" and a.ndim == 2 and name != "embed":
+            recurrent = name.startswith("W_h") and name != "W_hq"
+            a = (jax.nn.initializers.orthogonal() if recurrent else jax.nn.initializers.lecun_normal())(k, a.shape)
+        elif scheme == "uniform" and name.startswith(("W_", "b_", "embed")):
+            a = jax.random.uniform(k, a.shape, a.dtype, -scale, scale) + (a if name.startswith("b_") else 0)
+        out.append(a)
+    return tree.unflatten(out)
 
 
 def _registry() -> dict[str, Cell]:

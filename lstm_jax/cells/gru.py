@@ -21,7 +21,7 @@ def gru_step(p: dict, s: HState, x_t: jax.Array):
 
 # d2l 10.2 (Cho et al. 2014)
 GRU = Cell("gru", HState, lambda key, D, o: gate_params(key, D, o.num_hiddens, "zrh"),
-           lambda o: HState(o.num_hiddens), gru_step)
+           lambda o: HState(o.num_hiddens), gru_step, gates="zrh")
 
 
 def gru_reset_after_step(p: dict, s: HState, x_t: jax.Array):
@@ -45,5 +45,5 @@ GRU_RESET_AFTER = Cell(
     lambda key, D, o: {**gate_params(key, D, o.num_hiddens, "rzn"), "b_hn": jnp.zeros((o.num_hiddens,))},
     lambda o: HState(o.num_hiddens), gru_reset_after_step,
     Engine(lambda p: (stack(p, "W_x", "rzn"), stack(p, "b_", "rzn")), lambda p: stack(p, "W_h", "rzn"),
-           lambda p: {"b_hn": p["b_hn"]}, _reset_after_pointwise, additive=False))
+           lambda p: {"b_hn": p["b_hn"]}, _reset_after_pointwise, additive=False), "rzn")
 CELLS = (GRU, GRU_RESET_AFTER)

@@ -60,7 +60,7 @@ def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, k
 
 
 # d2l 10.1 (Hochreiter & Schmidhuber 1997, with Gers et al.'s forget gate)
-LSTM = Cell("lstm", LSTMState, _gates, _sizes, lstm_step, _engine(kernel=lstm_kernel))
+LSTM = Cell("lstm", LSTMState, _gates, _sizes, lstm_step, _engine(kernel=lstm_kernel), GATES)
 
 
 # flax's OptimizedLSTMCell holds the same weights: its gates (i, f, g, o) are d2l's (i, f, c, o);
@@ -106,7 +106,7 @@ def _peephole_step(p, s, x_t):
 
 
 PEEPHOLE = Cell("lstm_peephole", LSTMState, _peephole_init, _sizes, _peephole_step,
-                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}))
+                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}), GATES)
 
 
 # --- coupled input and forget gate (Greff's CIFG): F = 1 - I, no forget-gate parameters
@@ -126,7 +126,7 @@ def _cifg_pointwise(q, xp, hh, s):
 
 
 CIFG = Cell("lstm_cifg", LSTMState, lambda key, D, o: _gates(key, D, o, "ioc"), _sizes,
-            _cifg_step, _engine("ioc", _cifg_pointwise))
+            _cifg_step, _engine("ioc", _cifg_pointwise), "ioc")
 
 
 # --- layer normalization (Ba et al. 2016), placed as PyTorch's benchmarks/fastrnns/custom_lstms.py
@@ -170,7 +170,7 @@ def _layernorm_pointwise(q, xp, hh, s):
 LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, _layernorm_step,
                  _engine(pointwise=_layernorm_pointwise, bias=False, additive=False,
                          q=lambda p: {k: p[k] for k in ("ln_h_gain", "ln_h_bias", "ln_c_gain", "ln_c_bias")},
-                         prepare=lambda p, xp: layer_norm(xp, p["ln_x_gain"], p["ln_x_bias"])))
+                         prepare=lambda p, xp: layer_norm(xp, p["ln_x_gain"], p["ln_x_bias"])), GATES)
 
 
 # --- LSTMP (Sak et al. 2014): h_t = (o * tanh(c_t)) W_hr, (B, P); the recurrence and the next
@@ -193,6 +193,7 @@ def _proj_step(p, s, x_t):
     return LSTMState(h, c), h
 
 
-PROJ = Cell("lstm_proj", LSTMState, _proj_init, lambda o: LSTMState(_proj(o), o.num_hiddens), _proj_step)
+PROJ = Cell("lstm_proj", LSTMState, _proj_init, lambda o: LSTMState(_proj(o), o.num_hiddens), _proj_step,
+            gates=GATES)
 
 CELLS = (LSTM, PEEPHOLE, CIFG, LAYERNORM, PROJ)

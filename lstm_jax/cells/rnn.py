@@ -17,5 +17,5 @@ def rnn_step(p: dict, s: HState, x_t: jax.Array):
 RNN = Cell("rnn", HState, lambda key, D, o: gate_params(key, D, o.num_hiddens, "h"),
            lambda o: HState(o.num_hiddens), rnn_step,
            Engine(lambda p: (p["W_xh"], p["b_h"]), lambda p: p["W_hh"], lambda p: {},
-                  lambda q, xp, hh, s: HState(jnp.tanh(xp + hh))))
+                  lambda q, xp, hh, s: HState(jnp.tanh(xp + hh))), "h")
 CELLS = (RNN,)
