@@ -51,11 +51,13 @@ def test_missing_config_file(tmp_path):
     (["--config.data.pth=x"], "--config.data.pth: the config has no field 'data.pth'"),
     (["--config.num_epochs=2.5"], "--config.num_epochs=2.5"),
     (["--config.data.path=/does/not/exist.txt"], "/does/not/exist.txt does not exist"),
-    (["--config.data.path=/tmp"], "corpus /tmp is a directory, not a text file"),
+    (["--config.data.path=/tmp"], "corpus directory /tmp has no train.txt"),
     (["--config.data.url=not-a-url"], "config.data.url='not-a-url' is not a URL"),
     (["--config.model=gru"], "config.model must be one of 'scratch', 'concise', got 'gru'"),
     (["--config.learning_rate=-0.5"], "config.learning_rate must be positive, got -0.5"),
-    (["--config.data.corpus=ptb"], "config.data.corpus must be one of"),
+    (["--config.data.corpus=ptb"], "corpus ptb is read as words with <eos> at each line's end: set "
+                                   "config.data.token='word' and config.data.normalize='eos'"),
+    (["--config.data.corpus=wt103"], "config.data.corpus must be one of"),
     (["--config.data.val_fraction=0.6", "--config.data.test_fraction=0.5"], "must be < 1"),
     (["--config.num_hiddens=100000"], "needs about"),
     (["extra"], "unexpected arguments ['extra']"),
@@ -74,6 +76,7 @@ def test_none_on_the_command_line_unsets_a_field(tmp_path):
     out = run_cli("-m", "lstm_jax.train", "--config", "experiments/shakespeare.py", f"--workdir={tmp_path}",
                   "--config.init=None", "--config.lstm_impl=None", "--config.data.corpus=timemachine",
                   "--config.num_hiddens=8", "--config.num_layers=1", "--config.num_updates=1",
+                  "--config.batch_size=4", "--config.num_steps=10",
                   "--config.time_budget_s=0", "--config.data.max_tokens=2000", "--config.data.val_fraction=0")
     assert out.returncode == 0, out.stderr[-2000:]
     with open(tmp_path / "config.json") as f:
