@@ -55,3 +55,30 @@ def test_bench_huge_pages_ab_smoke(tmp_path):
     results = json.loads((tmp_path / "ab.json").read_text())["results"]
     assert sorted(r["impl"] for r in results) == ["scratch", "torch"]
     assert all(r["on_over_off"] > 0 for r in results)
+
+
+def test_cell_study_rows_tables_and_plot(tmp_path, monkeypatch):
+    """scripts/cell_study.py: parameter-matched hidden sizes, its table and plot, on made-up results."""
+    import importlib.util
+    import os
+
+    from conftest import REPO
+    from lstm_jax import models
+
+    spec = importlib.util.spec_from_file_location("cell_study", os.path.join(REPO, "scripts", "cell_study.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rows = study.rows()
+    target = models.LanguageModel("scratch", 65, 256, num_layers=2).num_params()
+    for table, name, overrides in rows:
+        if "num_hiddens" in overrides:  # the parameter-matched table: within 3% of the LSTM's count
+            m = models.LanguageModel("scratch", 65, overrides["num_hiddens"], num_layers=2, cell=overrides["cell"])
+            assert abs(m.num_params() / target - 1) < 0.03, name
+    assert {o.get("cell", "lstm") for _, _, o in rows} == set(study.CELLS)
+    results = [{"table": t, "row": n, "num_params": 1000 + i, "num_updates": 10, "tokens_per_sec": 5.0,
+                "best_val_loss": [1.5 + i / 100, 1.6, 1.55], "mean": 1.55 + i / 300, "spread": 0.1}
+               for i, (t, n, _) in enumerate(rows)]
+    text = study.markdown(results)
+    assert text.count("| lstm_cifg |") == 1 and "1.5000, 1.6000, 1.5500" in text and "± 0.0500" in text
+    study.plot(results, str(tmp_path / "study.png"), "made up")
+    assert (tmp_path / "study.png").stat().st_size > 10_000
