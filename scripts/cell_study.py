@@ -23,6 +23,8 @@ import sys
 
 CONFIG = "experiments/shakespeare.py"
 VOCAB = 65  # tiny Shakespeare's characters
+CLIP = 2.0  # the plot's right edge
+STUCK = 3.0  # nats/char: a run that never left the unigram plateau (about 3.3 here)
 CELLS = ("lstm", "lstm_cifg", "lstm_peephole", "lstm_layernorm", "lstm_proj", "gru", "gru_reset_after", "rnn")
 
 
@@ -88,12 +90,13 @@ def run(out: str, budget: float, seeds: list[int], log=sys.stdout) -> list[dict]
 def markdown(results: list[dict]) -> str:
     lines = []
     for table in dict.fromkeys(r["table"] for r in results):
-        lines += [f"\n**{table}**\n", "| cell | parameters | updates | tokens/s | best val nats/char (mean ± half range) | seeds |",
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"\n**{table}**\n", "| cell | parameters | updates | tokens/s | best val nats/char: median | "
+                  "mean ± half range | seeds |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in (r for r in results if r["table"] == table):
-            seeds = ", ".join(f"{x:.4f}" for x in r["best_val_loss"])
+            seeds = ", ".join(f"{x:.4f}" + (" (stuck)" if x > STUCK else "") for x in r["best_val_loss"])
             lines.append(f"| {r['row']} | {r['num_params']:,} | {r['num_updates']:,} | {r['tokens_per_sec']:,.0f} "
-                         f"| {r['mean']:.4f} ± {r['spread'] / 2:.4f} | {seeds} |")
+                         f"| {statistics.median(r['best_val_loss']):.4f} | {r['mean']:.4f} ± {r['spread'] / 2:.4f} "
+                         f"| {seeds} |")
     return "\n".join(lines)
 
 
@@ -107,14 +110,18 @@ def plot(results: list[dict], path: str, title: str) -> None:
     fig, axes = plt.subplots(1, len(tables), figsize=(11, 4.5), dpi=120, sharex=True,
                              gridspec_kw={"width_ratios": [sum(r["table"] == t for r in results) for t in tables]})
     for ax, table in zip(axes, tables):
-        rs = sorted((r for r in results if r["table"] == table), key=lambda r: r["mean"])
+        rs = sorted((r for r in results if r["table"] == table), key=lambda r: statistics.median(r["best_val_loss"]))
         for y, r in enumerate(rs):
-            ax.plot(r["best_val_loss"], [y] * len(r["best_val_loss"]), "o", color="tab:blue", alpha=0.6)
-            ax.plot([r["mean"]], [y], "|", color="black", markersize=14)
+            ok = [x for x in r["best_val_loss"] if x <= CLIP]
+            ax.plot(ok, [y] * len(ok), "o", color="tab:blue", alpha=0.6)
+            far = [x for x in r["best_val_loss"] if x > CLIP]  # drawn at the edge
+            ax.plot([CLIP] * len(far), [y] * len(far), ">", color="tab:red", alpha=0.8)
+            ax.plot([statistics.median(r["best_val_loss"])], [y], "|", color="black", markersize=14)
         ax.set_yticks(range(len(rs)), [r["row"] for r in rs], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(table, fontsize=9)
-        ax.set_xlabel("best validation loss (nats/char), lower is better")
+        ax.set_xlabel(f"best validation loss (nats/char); | median, > beyond {CLIP}")
+        ax.set_xlim(right=CLIP + 0.02)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
