@@ -33,12 +33,6 @@ def cell_recurrence(pointwise, additive: bool, q, xp_TxBxG, W_HxG, state):
     return h_TxBxH, final
 
 
-def time_unroll(num_steps: int) -> int:
-    """Time steps per loop iteration: the largest divisor of ``num_steps`` up to 5 (within one
-    iteration a lane may start its next step while another finishes; no remainder to compile)."""
-    return max(u for u in range(1, 6) if num_steps % u == 0)
-
-
 def _cell_forward(pointwise, additive, q, xp_TxBxG, W_HxG, state, save):
     """With ``save``, each step's inputs to ``pointwise`` (``xp + hh`` when additive) and state."""
     def step(lanes, xp_t):
@@ -50,7 +44,7 @@ def _cell_forward(pointwise, additive, q, xp_TxBxG, W_HxG, state, save):
             outs.append((n[0], *((x + hh,) if additive else (x, hh)), s) if save else (n[0],))
         return tuple(new), tuple(outs)
 
-    final, outs = jax.lax.scan(step, tuple(state), xp_TxBxG, unroll=time_unroll(xp_TxBxG[0].shape[0]))
+    final, outs = jax.lax.scan(step, tuple(state), xp_TxBxG)
     return tuple(o[0] for o in outs), final, tuple(o[1:] for o in outs) if save else None
 
 
@@ -80,7 +74,7 @@ def _cell_recurrence_bwd(pointwise, additive, residuals, cotangents):
         return tuple(new), tuple(outs)
 
     init = tuple((jax.tree.map(jnp.zeros_like, rows(q, ds[0].shape[0])), ds) for ds in dfinal)
-    final, outs = jax.lax.scan(step, init, (dh_TxBxH, saved), reverse=True, unroll=time_unroll(len(dh_TxBxH[0])))
+    final, outs = jax.lax.scan(step, init, (dh_TxBxH, saved), reverse=True)
     H, dt = W_HxG.shape[0], W_HxG.dtype
     dW = sum(jnp.dot(s_prev[0].reshape(-1, H).T, d[-1].reshape(-1, d[-1].shape[-1]), preferred_element_type=dt)
              for (*_, s_prev), d in zip(saved, outs))

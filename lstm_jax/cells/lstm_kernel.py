@@ -14,8 +14,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.engine import time_unroll
-
 
 def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
     """The LSTM for each lane: hidden states, final states and (if ``save``) residuals.
@@ -199,3 +197,9 @@ def _stores_transposed_h(lane_rows: int) -> bool:
     """Whether the LSTM's forward loop also stores h transposed, for the weight gradient: it pays
     for few rows per lane, where the per-step transposes are cheap (docs/performance.md)."""
     return lane_rows <= 16
+
+
+def time_unroll(num_steps: int) -> int:
+    """The LSTM kernel's time steps per loop iteration: the largest divisor of ``num_steps`` up
+    to 5 (within one iteration a lane may start its next step while the other finishes)."""
+    return max(u for u in range(1, 6) if num_steps % u == 0)
