@@ -6,13 +6,14 @@
 
 karpathy/char-rnn's input.txt (nanoGPT's shakespeare_char): 1,115,394
 characters, 65 distinct, the first 90% for training and the last 10% scored
-in full (nats/char). The concise model (flax's parameters and initializers)
-runs through the fast path; settings found with a sweep (docs/results.md).
-The time budget fixes the number of updates from the measured speed (at most
-num_epochs epochs) and the cosine ends there, on any machine (docs/cells.md).
-Expect (2026-12-06, a 2-core AMD EPYC, AVX-512, ~29k tokens/s): validation
-1.4630 nats/char (2.11 bits) after 2,450 updates (5 epochs) in 172 s; with
---config.time_budget_s=100: 1.4717 (1,603 updates).
+in full (nats/char). The scratch model with flax's initialization (any cell:
+--config.cell=gru; docs/cells.md), through the recurrence engine; settings found with a sweep
+(docs/results.md). The time budget fixes the number of updates from the measured speed (at most
+num_epochs epochs) and the cosine ends there, on any machine.
+Expect (2026-12-07, a 2-core AMD EPYC, AVX-512, ~31k tokens/s): validation 1.4634 nats/char
+(2.11 bits) after 2,450 updates (5 epochs) in 163 s; with --config.time_budget_s=100: 1.5165
+(1,554 updates). Short budgets depend on the seed (how soon a run leaves its early plateau): at
+90 s this LSTM reached 1.54-1.72 over three seeds, flax's own 1.49-1.77 (docs/cells.md).
 """
 
 from lstm_jax.configs import get_base_config
