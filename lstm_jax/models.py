@@ -122,7 +122,7 @@ class LanguageModel:
         low = DTYPES[self.dtype]
         compute = (lambda tree: jax.tree.map(lambda a: a.astype(low), tree)) if low else (lambda tree: tree)
         if self.variant == "concise" and self.runs == "reference":
-            logits, state = self._flax().apply(params, compute(state), tokens_BxT, key)
+            logits, state, *hs = self._flax().apply(params, compute(state), tokens_BxT, key)
         else:
             if self.variant == "concise":
                 from lstm_jax.concise import concise_to_scratch
@@ -131,9 +131,7 @@ class LanguageModel:
             run = fast_apply if self.runs == "fast" else reference_apply
             logits, state, *hs = run(compute(params), compute(state), tokens_BxT, key, self.drop, cell=self.cell,
                                      outputs=outputs)
-            if outputs:
-                return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state, hs[0]
-        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state
+        return (logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state, *hs)
 
 
 def from_config(config, vocab_size: int) -> LanguageModel:

@@ -186,21 +186,13 @@ def test_upgrade_fills_in_new_fields_and_drops_retired_ones():
 
 
 @pytest.mark.slow
-def test_workdirs_of_version_0_2_resume(tmp_path):
-    # Stopped by lstm_jax 0.2.0 mid-epoch (2 layers, dropout, a validation split, keep_cores_awake in
-    # its config); resumed here, it ends where 0.2.0's uninterrupted run ended.
-    summary, records, reference = resume_old("v0.2-scratch", tmp_path)
-    assert summary["final_train_ppl"] == pytest.approx(reference["final_train_ppl"], rel=1e-6)
-    assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], rel=1e-6)
-    assert [r["step"] for r in records] == [r["step"] for r in reference["metrics"]]
-
-
-@pytest.mark.slow
-def test_workdirs_of_version_0_4_resume(tmp_path):
-    # Stopped by lstm_jax 0.4.0 after 8 of 57 updates (lstm_peephole, forget bias 1, 2 layers, dropout,
-    # Adam with warm-up and a cosine, a validation split); resumed here, it ends where 0.4.0's
-    # uninterrupted run ended: 0.5's new fields (init, dropouts, schedules, ...) default to 0.4's behaviour.
-    summary, records, reference = resume_old("v0.4-peephole", tmp_path)
+@pytest.mark.parametrize("name", ["v0.2-scratch", "v0.4-peephole"])
+def test_workdirs_of_versions_0_2_and_0_4_resume(tmp_path, name):
+    # Stopped mid-epoch by lstm_jax 0.2.0 (2 layers, dropout, a validation split, keep_cores_awake in its
+    # config) and by 0.4.0 after 8 of 57 updates (lstm_peephole, forget bias 1, 2 layers, dropout, Adam
+    # with warm-up and a cosine, a validation split); resumed here, each ends where its version's
+    # uninterrupted run ended: fields added since default to what the older version did.
+    summary, records, reference = resume_old(name, tmp_path)
     assert summary["final_train_ppl"] == pytest.approx(reference["final_train_ppl"], rel=1e-6)
     assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], rel=1e-6)
     assert [r["step"] for r in records] == [r["step"] for r in reference["metrics"]]
