@@ -56,10 +56,25 @@ class Cell:
     step: Callable  # (params, state, x_t) -> (state, h): x_t is ids (B,) or vectors (B, D)
     engine: Engine | None = None
     gates: str = ""  # per gate g a W_h<g> multiplies the previous h (what weight drop masks)
+    # (params, state, x_t) -> {name: (B, width)}: the step's named quantities, for lstm_jax.inspect; a
+    # cell without it shows its state's fields. gate_signals: those in (0, 1) (saturation).
+    signals: Callable | None = None
+    gate_signals: tuple[str, ...] = ()
 
     @property
     def recurrent(self) -> tuple[str, ...]:
         return tuple(f"W_h{g}" for g in self.gates)
+
+
+def step_from(signals: Callable, State: type) -> Callable:
+    """The step whose new state is the signals of the state's field names, so a cell writes its
+    equations once (in ``signals``) and inspection sees exactly what training runs."""
+    def step(params, state, x_t):
+        named = signals(params, state, x_t)
+        new = State(*(named[f] for f in State._fields))
+        return new, new[0]
+
+    return step
 
 
 def project(W_DxH: jax.Array, x_t: jax.Array) -> jax.Array:

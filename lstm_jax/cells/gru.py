@@ -6,30 +6,33 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import Cell, Engine, HState, gate, gate_params, project, stack
+from lstm_jax.cells import Cell, Engine, HState, gate, gate_params, project, stack, step_from
 
 
-
-
-def gru_step(p: dict, s: HState, x_t: jax.Array):
+def gru_signals(p: dict, s: HState, x_t: jax.Array) -> dict:
     """d2l 10.2: the reset gate scales H *before* the candidate's product."""
     Z, R = (jax.nn.sigmoid(gate(p, s[0], x_t, g)) for g in "zr")
     H_tilde = jnp.tanh(project(p["W_xh"], x_t) + (R * s[0]) @ p["W_hh"] + p["b_h"])
     h = Z * s[0] + (1 - Z) * H_tilde
-    return HState(h), h
+    return dict(z=Z, r=R, h_tilde=H_tilde, h=h)
 
+
+gru_step = step_from(gru_signals, HState)
 
 # d2l 10.2 (Cho et al. 2014)
 GRU = Cell("gru", HState, lambda key, D, o: gate_params(key, D, o.num_hiddens, "zrh"),
-           lambda o: HState(o.num_hiddens), gru_step, gates="zrh")
+           lambda o: HState(o.num_hiddens), gru_step, gates="zrh", signals=gru_signals, gate_signals=("z", "r"))
 
 
-def gru_reset_after_step(p: dict, s: HState, x_t: jax.Array):
+def gru_reset_after_signals(p: dict, s: HState, x_t: jax.Array) -> dict:
     """``n = tanh(x W_xn + b_n + r * (h W_hn + b_hn))``: the reset gate scales the product's result."""
     R, Z = (jax.nn.sigmoid(gate(p, s[0], x_t, g)) for g in "rz")
     N = jnp.tanh(project(p["W_xn"], x_t) + p["b_n"] + R * (s[0] @ p["W_hn"] + p["b_hn"]))
     h = Z * s[0] + (1 - Z) * N
-    return HState(h), h
+    return dict(z=Z, r=R, h_tilde=N, h=h)  # h_tilde: PyTorch's n
+
+
+gru_reset_after_step = step_from(gru_reset_after_signals, HState)
 
 
 def _reset_after_pointwise(q, xp, hh, s):
@@ -45,5 +48,6 @@ GRU_RESET_AFTER = Cell(
     lambda key, D, o: {**gate_params(key, D, o.num_hiddens, "rzn"), "b_hn": jnp.zeros((o.num_hiddens,))},
     lambda o: HState(o.num_hiddens), gru_reset_after_step,
     Engine(lambda p: (stack(p, "W_x", "rzn"), stack(p, "b_", "rzn")), lambda p: stack(p, "W_h", "rzn"),
-           lambda p: {"b_hn": p["b_hn"]}, _reset_after_pointwise, additive=False), "rzn")
+           lambda p: {"b_hn": p["b_hn"]}, _reset_after_pointwise, additive=False), "rzn",
+    signals=gru_reset_after_signals, gate_signals=("z", "r"))
 CELLS = (GRU, GRU_RESET_AFTER)

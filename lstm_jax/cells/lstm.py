@@ -12,7 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import Cell, Engine, Options, gate, gate_params, lstm_kernel, normal, project, stack
+from lstm_jax.cells import (Cell, Engine, Options, gate, gate_params, lstm_kernel, normal, project, stack,
+                            step_from)
 
 # d2l's 14 arrays of a one-layer model, in d2l's order: input, forget, output gate, candidate, head.
 PARAM_NAMES = ("W_xi", "W_hi", "b_i", "W_xf", "W_hf", "b_f", "W_xo", "W_ho", "b_o",
@@ -38,14 +39,18 @@ def _sizes(o: Options) -> LSTMState:
     return LSTMState(o.num_hiddens, o.num_hiddens)
 
 
-def lstm_step(params: dict, carry: tuple, x_t: jax.Array) -> tuple[tuple, jax.Array]:
-    """d2l's ``lstm``, one time step of one layer: ``carry = (h, c)``, each (B, H)."""
+def lstm_signals(params: dict, carry: tuple, x_t: jax.Array) -> dict:
+    """d2l's ``lstm``, one time step of one layer, every quantity named: ``carry = (h, c)``, each (B, H)."""
     p, (h, c) = params, carry
     I, F, O = (jax.nn.sigmoid(gate(p, h, x_t, g)) for g in "ifo")
     C_tilde = jnp.tanh(gate(p, h, x_t, "c"))
     c = F * c + I * C_tilde
     h = O * jnp.tanh(c)
-    return LSTMState(h, c), h
+    return dict(i=I, f=F, o=O, c_tilde=C_tilde, c=c, h=h)
+
+
+lstm_step = step_from(lstm_signals, LSTMState)  # (params, (h, c), x_t) -> (LSTMState(h, c), h)
+GATE_SIGNALS = ("i", "f", "o")  # in (0, 1): what saturation is measured on
 
 
 def _lstm_pointwise(q, xp, hh, s):
@@ -60,7 +65,8 @@ def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, k
 
 
 # d2l 10.1 (Hochreiter & Schmidhuber 1997, with Gers et al.'s forget gate)
-LSTM = Cell("lstm", LSTMState, _gates, _sizes, lstm_step, _engine(kernel=lstm_kernel), GATES)
+LSTM = Cell("lstm", LSTMState, _gates, _sizes, lstm_step, _engine(kernel=lstm_kernel), GATES,
+            signals=lstm_signals, gate_signals=GATE_SIGNALS)
 
 
 # flax's OptimizedLSTMCell holds the same weights: its gates (i, f, g, o) are d2l's (i, f, c, o);
@@ -95,27 +101,30 @@ def _peephole_pointwise(q, xp, hh, s):
     return LSTMState(jax.nn.sigmoid(zo + q["w_co"] * c) * jnp.tanh(c), c)
 
 
-def _peephole_step(p, s, x_t):
+def _peephole_signals(p, s, x_t):
     z = {g: gate(p, s[0], x_t, g) for g in GATES}
     I = jax.nn.sigmoid(z["i"] + p["w_ci"] * s[1])
     F = jax.nn.sigmoid(z["f"] + p["w_cf"] * s[1])
-    c = F * s[1] + I * jnp.tanh(z["c"])
+    C_tilde = jnp.tanh(z["c"])
+    c = F * s[1] + I * C_tilde
     O = jax.nn.sigmoid(z["o"] + p["w_co"] * c)
     h = O * jnp.tanh(c)
-    return LSTMState(h, c), h
+    return dict(i=I, f=F, o=O, c_tilde=C_tilde, c=c, h=h)
 
 
-PEEPHOLE = Cell("lstm_peephole", LSTMState, _peephole_init, _sizes, _peephole_step,
-                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}), GATES)
+PEEPHOLE = Cell("lstm_peephole", LSTMState, _peephole_init, _sizes, step_from(_peephole_signals, LSTMState),
+                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}), GATES,
+                signals=_peephole_signals, gate_signals=GATE_SIGNALS)
 
 
 # --- coupled input and forget gate (Greff's CIFG): F = 1 - I, no forget-gate parameters
 
-def _cifg_step(p, s, x_t):
+def _cifg_signals(p, s, x_t):
     I, O = (jax.nn.sigmoid(gate(p, s[0], x_t, g)) for g in "io")
-    c = (1 - I) * s[1] + I * jnp.tanh(gate(p, s[0], x_t, "c"))
+    C_tilde = jnp.tanh(gate(p, s[0], x_t, "c"))
+    c = (1 - I) * s[1] + I * C_tilde
     h = O * jnp.tanh(c)
-    return LSTMState(h, c), h
+    return dict(i=I, f=1 - I, o=O, c_tilde=C_tilde, c=c, h=h)
 
 
 def _cifg_pointwise(q, xp, hh, s):
@@ -126,7 +135,8 @@ def _cifg_pointwise(q, xp, hh, s):
 
 
 CIFG = Cell("lstm_cifg", LSTMState, lambda key, D, o: _gates(key, D, o, "ioc"), _sizes,
-            _cifg_step, _engine("ioc", _cifg_pointwise), "ioc")
+            step_from(_cifg_signals, LSTMState), _engine("ioc", _cifg_pointwise), "ioc",
+            signals=_cifg_signals, gate_signals=GATE_SIGNALS)
 
 
 # --- layer normalization (Ba et al. 2016), placed as PyTorch's benchmarks/fastrnns/custom_lstms.py
@@ -150,14 +160,15 @@ def _layernorm_init(key, D, o):
             "ln_h_bias": jnp.zeros((4 * H,)), "ln_c_gain": jnp.ones((H,)), "ln_c_bias": jnp.zeros((H,))}
 
 
-def _layernorm_step(p, s, x_t):
+def _layernorm_signals(p, s, x_t):
     h, c = s
     z = (layer_norm(project(stack(p, "W_x", GATES), x_t), p["ln_x_gain"], p["ln_x_bias"])
          + layer_norm(h @ stack(p, "W_h", GATES), p["ln_h_gain"], p["ln_h_bias"]))
     I, F, O, C = jnp.split(z, 4, axis=-1)
-    c = layer_norm(jax.nn.sigmoid(F) * c + jax.nn.sigmoid(I) * jnp.tanh(C), p["ln_c_gain"], p["ln_c_bias"])
-    h = jax.nn.sigmoid(O) * jnp.tanh(c)
-    return LSTMState(h, c), h
+    I, F, O, C_tilde = jax.nn.sigmoid(I), jax.nn.sigmoid(F), jax.nn.sigmoid(O), jnp.tanh(C)
+    c = layer_norm(F * c + I * C_tilde, p["ln_c_gain"], p["ln_c_bias"])
+    h = O * jnp.tanh(c)
+    return dict(i=I, f=F, o=O, c_tilde=C_tilde, c=c, h=h)
 
 
 def _layernorm_pointwise(q, xp, hh, s):
@@ -167,10 +178,11 @@ def _layernorm_pointwise(q, xp, hh, s):
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
 
-LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, _layernorm_step,
+LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, step_from(_layernorm_signals, LSTMState),
                  _engine(pointwise=_layernorm_pointwise, bias=False, additive=False,
                          q=lambda p: {k: p[k] for k in ("ln_h_gain", "ln_h_bias", "ln_c_gain", "ln_c_bias")},
-                         prepare=lambda p, xp: layer_norm(xp, p["ln_x_gain"], p["ln_x_bias"])), GATES)
+                         prepare=lambda p, xp: layer_norm(xp, p["ln_x_gain"], p["ln_x_bias"])), GATES,
+                 signals=_layernorm_signals, gate_signals=GATE_SIGNALS)
 
 
 # --- LSTMP (Sak et al. 2014): h_t = (o * tanh(c_t)) W_hr, (B, P); the recurrence and the next
@@ -186,14 +198,15 @@ def _proj_init(key, D, o):
             "W_hr": normal(jax.random.fold_in(key, 2), (o.num_hiddens, P))}
 
 
-def _proj_step(p, s, x_t):
+def _proj_signals(p, s, x_t):
     I, F, O = (jax.nn.sigmoid(gate(p, s[0], x_t, g)) for g in "ifo")
-    c = F * s[1] + I * jnp.tanh(gate(p, s[0], x_t, "c"))
-    h = (O * jnp.tanh(c)) @ p["W_hr"]
-    return LSTMState(h, c), h
+    C_tilde = jnp.tanh(gate(p, s[0], x_t, "c"))
+    c = F * s[1] + I * C_tilde
+    m = O * jnp.tanh(c)  # Sak et al.'s m_t, (B, H)
+    return dict(i=I, f=F, o=O, c_tilde=C_tilde, c=c, m=m, h=m @ p["W_hr"])
 
 
-PROJ = Cell("lstm_proj", LSTMState, _proj_init, lambda o: LSTMState(_proj(o), o.num_hiddens), _proj_step,
-            gates=GATES)
+PROJ = Cell("lstm_proj", LSTMState, _proj_init, lambda o: LSTMState(_proj(o), o.num_hiddens),
+            step_from(_proj_signals, LSTMState), gates=GATES, signals=_proj_signals, gate_signals=GATE_SIGNALS)
 
 CELLS = (LSTM, PEEPHOLE, CIFG, LAYERNORM, PROJ)
