@@ -43,6 +43,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.num_hiddens = 256
     c.proj_size = 0  # lstm_proj: the projected hidden state's size (0: num_hiddens // 2)
     c.forget_bias = 0.0  # the forget gate's initial bias (d2l 0; Jozefowicz et al. 2015 recommend 1)
+    c.num_heads = 1  # slstm: heads, each a block of the recurrent weights (xLSTM uses 4); must divide num_hiddens
     # Scratch models' initialization: 'd2l' (unset), 'flax' (orthogonal recurrent, LeCun-normal input
     # and head) or 'uniform' (every weight U(-s, s), Zaremba et al.'s); concise models use flax's own.
     c.init = config_dict.placeholder(str)
@@ -127,7 +128,7 @@ RETIRED = {
     "keep_cores_awake": None,  # 0.2: idle-priority spinners, where the idle time went
 }
 
-_POSITIVE = ("nonmono", "num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
+_POSITIVE = ("num_heads", "nonmono", "num_hiddens", "num_layers", "batch_size", "num_steps", "num_epochs", "log_every",
              "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
              "grad_clip")
 _RATES = ("dropout", "dropout_input", "dropout_output", "embed_dropout", "weight_drop")
@@ -167,7 +168,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UserError("set config.data.path or config.data.url, not both")
 
 
-_FORGET_GATE = ("lstm", "lstm_peephole", "lstm_layernorm", "lstm_proj")
+_FORGET_GATE = ("lstm", "lstm_peephole", "lstm_layernorm", "lstm_proj", "min_lstm", "slstm")
 
 
 def _validate_cell(c) -> None:
@@ -194,6 +195,12 @@ def _validate_cell(c) -> None:
                                if c.embed_dim else ""))
     if c.proj_size and c.cell != "lstm_proj":
         raise UserError(f"config.proj_size={c.proj_size}: only cell lstm_proj has a projection, not {c.cell}")
+    if c.num_heads != 1 and (c.cell != "slstm" or c.num_hiddens % c.num_heads):
+        raise UserError(f"config.num_heads={c.num_heads}: " + (f"cell {c.cell} has no heads (only slstm)" if c.cell != "slstm"
+                        else f"must divide num_hiddens={c.num_hiddens}"))
+    if c.weight_drop and not cell.gates:
+        raise UserError(f"config.weight_drop={c.weight_drop}: cell {c.cell} has no recurrent weights to drop "
+                        "(its gates see the input only)")
     if c.forget_bias and (c.cell not in _FORGET_GATE or c.model == "concise"):
         raise UserError(f"config.forget_bias={c.forget_bias}: cell {c.cell} ({c.model}) has no forget-gate bias "
                         f"to set; the cells that do: {', '.join(_FORGET_GATE)} (scratch)")

@@ -8,7 +8,8 @@ static argument; ``init(key) -> params``, ``initial_state(batch)`` and
 
 - ``scratch``: the cell's pure functions (:mod:`lstm_jax.cells`), through the
   recurrence engine where the cell has one (:mod:`lstm_jax.engine`, ``impl="fast"``),
-  else, or with ``impl="reference"``, autodiff of its ``step`` under ``lax.scan``;
+  else, or with ``impl="reference"``, autodiff of its ``step`` under ``lax.scan`` (or of its
+  ``sequence``, all steps at once, where it has one: minGRU, minLSTM);
 - ``concise``: flax's own cell under ``nn.RNN`` (``lstm``: ``OptimizedLSTMCell``,
   ``gru_reset_after``: ``GRUCell``, ``rnn``: ``SimpleCell``), one per layer, and a dense
   head (:mod:`lstm_jax.concise`); for the LSTM ``impl="fast"`` runs flax's parameters
@@ -62,6 +63,7 @@ class LanguageModel:
     tie_weights: bool = False  # the head is the embedding's transpose (scratch)
     activation_reg: float = 0.0  # AWD's AR and TAR coefficients, training's (steps.objective)
     temporal_reg: float = 0.0
+    num_heads: int = 1  # slstm's heads
 
     def __post_init__(self):
         if self.variant not in ("scratch", "concise"):
@@ -87,7 +89,7 @@ class LanguageModel:
 
     @property
     def options(self) -> Options:
-        return Options(self.num_hiddens, self.proj_size, self.forget_bias)
+        return Options(self.num_hiddens, self.proj_size, self.forget_bias, self.num_heads)
 
     @property
     def state_dtype(self):
@@ -112,7 +114,7 @@ class LanguageModel:
         if self.variant == "scratch":
             return init_params(key, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim,
                                self.cell, self.proj_size, self.forget_bias, self.initializer or "d2l", self.init_scale,
-                               self.tie_weights)
+                               self.tie_weights, self.num_heads)
         zeros = self.initial_state(1)
         return self._flax().init(key, jax.tree.map(lambda a: a.astype(jnp.float32), zeros),
                                  jnp.zeros((1, 1), jnp.int32))
@@ -141,7 +143,7 @@ def from_config(config, vocab_size: int) -> LanguageModel:
                    float(c.embed_dropout), float(c.weight_drop))
     return LanguageModel(c.model, vocab_size, c.num_hiddens, c.dtype, c.lstm_impl, c.num_layers, c.embed_dim,
                          drop, c.cell, c.proj_size, c.forget_bias, c.init, c.init_scale, c.tie_weights,
-                         float(c.activation_reg), float(c.temporal_reg))
+                         float(c.activation_reg), float(c.temporal_reg), c.num_heads)
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def layer(params: Params, l: int) -> Params:
 
 def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: int = 1,
                 embed_dim: int = 0, cell: str = "lstm", proj_size: int = 0, forget_bias: float = 0.0,
-                init: str = "d2l", init_scale: float = 0.0, tie_weights: bool = False) -> Params:
+                init: str = "d2l", init_scale: float = 0.0, tie_weights: bool = False, num_heads: int = 1) -> Params:
     """The cell's parameters for every layer and the head ``W_hq, b_q``; with ``embed_dim`` an
     embedding table ``embed`` (V, E) ~ N(0, 1), as PyTorch's and flax's, and layer 0's input is E wide.
 
@@ -180,7 +182,7 @@ def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: i
     ``tie_weights`` (Press & Wolf 2017, Inan et al. 2017): the head is the embedding's transpose, one
     array, drawn as the head's weights are (so it needs ``embed_dim`` equal to the head's input width).
     """
-    c, o = cells.get(cell), Options(num_hiddens, proj_size, forget_bias)
+    c, o = cells.get(cell), Options(num_hiddens, proj_size, forget_bias, num_heads)
     out = c.state_sizes(o)[0]  # what the next layer and the head see
     head_key = jax.random.split(key, 14)[12]  # d2l's 14 draws: 12 for the gates, then W_hq
     params = {**c.init(key, embed_dim or vocab_size, o), "W_hq": cells.normal(head_key, (out, vocab_size)),
@@ -230,7 +232,11 @@ def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop
         if l:
             x = dropout(key, l, x, drop.hidden, drop.locked)
         p = drop_weights(key, layer(params, l), c.recurrent, drop.weight, l)
-        s, x = jax.lax.scan(lambda s, x_t: c.step(p, s, x_t), c.State(*_layer_state(state, l)), x)
+        s0 = c.State(*_layer_state(state, l))
+        if c.sequence and x.shape[0] > 1:  # all steps at once; one step (generation) as the definition
+            s, x = c.sequence(p, s0, x)
+        else:
+            s, x = jax.lax.scan(lambda s, x_t: c.step(p, s, x_t), s0, x)
         finals.append(s)
     h, x = x, dropout(key, len(finals), x, drop.output, drop.locked)
     W_hq, b_q = head(params)

@@ -477,7 +477,7 @@ def test_concise_cells_train(tiny_config, tmp_path, name):
 
 @pytest.mark.parametrize("fields,message", [
     (dict(cell="lsmt"), "config.cell must be one of 'lstm', 'lstm_peephole', 'lstm_cifg', 'lstm_layernorm', "
-                        "'lstm_proj', 'gru', 'gru_reset_after', 'rnn', got 'lsmt'"),
+                        "'lstm_proj', 'gru', 'gru_reset_after', 'rnn', 'min_gru', 'min_lstm', 'slstm', got 'lsmt'"),
     (dict(cell="gru", model="concise"), "config.model='concise' (flax's own cell) exists for cell lstm, "
                                         "gru_reset_after, rnn; flax has no gru: use config.model='scratch'"),
     (dict(cell="gru", lstm_impl="fast"), "config.lstm_impl='fast': cell gru (scratch) does not run through the engine"),

@@ -24,6 +24,7 @@ class Options(NamedTuple):
     num_hiddens: int
     proj_size: int = 0  # lstm_proj: the projected h's size
     forget_bias: float = 0.0  # the LSTM family's forget-gate bias at initialization
+    num_heads: int = 1  # slstm: heads, each with its own block of the recurrent weights
 
 
 class HState(NamedTuple):
@@ -56,6 +57,7 @@ class Cell:
     step: Callable  # (params, state, x_t) -> (state, h): x_t is ids (B,) or vectors (B, D)
     engine: Engine | None = None
     gates: str = ""  # per gate g a W_h<g> multiplies the previous h (what weight drop masks)
+    sequence: Callable | None = None  # (params, state, x_T...) -> (state, h_TxBxH): all steps at once
     # (params, state, x_t) -> {name: (B, width)}: the step's named quantities, for lstm_jax.inspect; a
     # cell without it shows its state's fields. gate_signals: those in (0, 1) (saturation).
     signals: Callable | None = None
@@ -117,7 +119,7 @@ def redraw(key, params: dict, scheme: str, scale: float) -> dict:
     the previous ``h``; ``W_*``: other weights; ``b_*``: biases; ``embed``), for any cell:
 
     - ``d2l``: d2l's N(0, 0.01^2) weights as N(0, scale^2) (the same draws, rescaled);
-    - ``flax``: flax's cells and ``Dense``: ``W_h*`` orthogonal, other matrices LeCun-normal (fan-in);
+    - ``flax``: flax's cells and ``Dense``: ``W_h*`` orthogonal (per head), other matrices LeCun-normal;
     - ``uniform``: weights, biases and the embedding ~ U(-scale, scale), added to the biases' values,
       so a forget bias stays.
     Other vectors (layer norm's gains, peepholes) keep the cell's own values. ``key``: the one the
@@ -131,6 +133,8 @@ def redraw(key, params: dict, scheme: str, scale: float) -> dict:
         elif scheme == "flax" and a.ndim == 2 and name != "embed":
             recurrent = name.startswith("W_h") and name != "W_hq"
             a = (jax.nn.initializers.orthogonal() if recurrent else jax.nn.initializers.lecun_normal())(k, a.shape)
+        elif scheme == "flax" and a.ndim == 3:  # slstm's heads: each block orthogonal
+            a = jax.vmap(lambda k: jax.nn.initializers.orthogonal()(k, a.shape[1:]))(jax.random.split(k, a.shape[0]))
         elif scheme == "uniform" and name.startswith(("W_", "b_", "embed")):
             a = jax.random.uniform(k, a.shape, a.dtype, -scale, scale) + (a if name.startswith("b_") else 0)
         out.append(a)
@@ -138,9 +142,9 @@ def redraw(key, params: dict, scheme: str, scale: float) -> dict:
 
 
 def _registry() -> dict[str, Cell]:
-    from lstm_jax.cells import gru, lstm, rnn
+    from lstm_jax.cells import gru, lstm, minimal, rnn, slstm
 
-    cells = (*lstm.CELLS, *gru.CELLS, *rnn.CELLS)
+    cells = (*lstm.CELLS, *gru.CELLS, *rnn.CELLS, *minimal.CELLS, *slstm.CELLS)
     return {c.name: c for c in cells}
 
 

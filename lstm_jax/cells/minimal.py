@@ -1,0 +1,90 @@
+"""minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"): gates that see the input only.
+
+Without ``h_{t-1}`` inside the gates each step is ``h_t = a_t * h_{t-1} + b_t`` with ``a, b``
+known for every step in advance, so a whole sequence is one associative scan over time
+(:func:`linear_recurrence`), in log space as the paper's Appendix B.3 (``g`` keeps the states
+positive, so ``log h`` exists). ``step`` is the sequential definition (generation, and the
+test that the scan equals it); ``sequence`` is what training runs. The state is ``h`` only,
+carried across minibatches like every other cell's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lstm_jax.cells import Cell, HState, Options, normal, project
+
+
+def g(x):
+    """B.3's activation for the candidate: ``x + 0.5`` above 0, else ``sigmoid(x)``; positive."""
+    return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
+
+
+def log_g(x):
+    return jnp.where(x >= 0, jnp.log(jax.nn.relu(x) + 0.5), -jax.nn.softplus(-x))
+
+
+def linear_recurrence(log_a_TxBxH, log_b_TxBxH, h0_BxH):
+    """``h_t = a_t h_{t-1} + b_t`` for every t at once, from ``log a`` and ``log b`` (a, b > 0):
+    Heinsen's log-space sequence as ``jax.lax.associative_scan`` over time. ``h0`` enters
+    linearly, so a zero initial state (every sequence's start) needs no ``log 0``."""
+    out, up = h0_BxH.dtype, lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32))  # logs: not in bf16
+
+    def compose(first, then):  # two stretches of steps as one: (sum of log a, log of h from h0 = 0)
+        (A1, L1), (A2, L2) = first, then
+        return A1 + A2, jnp.logaddexp(L1 + A2, L2)
+
+    A, L = jax.lax.associative_scan(compose, (up(log_a_TxBxH), up(log_b_TxBxH)), axis=0)
+    return (jnp.exp(L) + jnp.exp(A) * up(h0_BxH)).astype(out)
+
+
+def _init(gates: str, bias=lambda o, g: 0.0):
+    """``W_x<g>`` (D, H) ~ d2l's N(0, 0.01^2) and ``b_<g>`` per gate; no recurrent weights."""
+    def init(key, D: int, o: Options) -> dict:
+        keys = jax.random.split(key, len(gates))
+        out = {}
+        for k, g_ in zip(keys, gates):
+            out[f"W_x{g_}"] = normal(k, (D, o.num_hiddens))
+            out[f"b_{g_}"] = jnp.full((o.num_hiddens,), bias(o, g_))
+        return out
+    return init
+
+
+def _pre(p: dict, x, g_: str):
+    """Gate ``g``'s pre-activation ``x W_x<g> + b_<g>`` for one step or all (ids or vectors)."""
+    return project(p[f"W_x{g_}"], x) + p[f"b_{g_}"]
+
+
+def min_gru_step(p: dict, s: HState, x_t):
+    """``z = sigmoid(Linear_z(x))``, ``h~ = g(Linear_h(x))``, ``h = (1 - z) h + z h~``."""
+    z = jax.nn.sigmoid(_pre(p, x_t, "z"))
+    h = (1 - z) * s.h + z * g(_pre(p, x_t, "h"))
+    return HState(h), h
+
+
+def min_gru_sequence(p: dict, s: HState, x_T):
+    k_z, k_h = _pre(p, x_T, "z"), _pre(p, x_T, "h")
+    h = linear_recurrence(-jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h), s.h)
+    return HState(h[-1]), h
+
+
+def min_lstm_step(p: dict, s: HState, x_t):
+    """``f, i = sigmoid(Linear(x))``, normalized to sum 1: ``h = f' h + i' g(Linear_h(x))``."""
+    f, i = jax.nn.sigmoid(_pre(p, x_t, "f")), jax.nn.sigmoid(_pre(p, x_t, "i"))
+    h = f / (f + i) * s.h + i / (f + i) * g(_pre(p, x_t, "h"))
+    return HState(h), h
+
+
+def min_lstm_sequence(p: dict, s: HState, x_T):
+    log_i_over_f = jax.nn.softplus(-_pre(p, x_T, "f")) - jax.nn.softplus(-_pre(p, x_T, "i"))
+    log_f, log_i = -jax.nn.softplus(log_i_over_f), -jax.nn.softplus(-log_i_over_f)  # f' = f / (f + i)
+    h = linear_recurrence(log_f, log_i + log_g(_pre(p, x_T, "h")), s.h)
+    return HState(h[-1]), h
+
+
+_sizes = lambda o: HState(o.num_hiddens)
+MIN_GRU = Cell("min_gru", HState, _init("zh"), _sizes, min_gru_step, sequence=min_gru_sequence)
+MIN_LSTM = Cell("min_lstm", HState, _init("fih", lambda o, g_: o.forget_bias if g_ == "f" else 0.0), _sizes,
+                min_lstm_step, sequence=min_lstm_sequence)
+CELLS = (MIN_GRU, MIN_LSTM)

@@ -1,0 +1,76 @@
+"""xLSTM's sLSTM (Beck et al. 2024): exponential gating with a normalizer and a stabilizer state.
+
+Gates in xLSTM's order: input ``i``, forget ``f``, cell input ``z``, output ``o``; per gate
+``W_x<g>`` (D, H), ``W_h<g>`` (K, H/K, H/K) one block per head (the recurrence is
+block-diagonal: each head's units see only their own head's ``h``), ``b_<g>`` (H,). The step is
+the ``xlstm`` package's pure-PyTorch reference (``blocks/slstm/src/vanilla``, pointwise
+``"slstm"``), which the tests compare with: ``m`` keeps ``exp`` from overflowing, ``n``
+normalizes, ``h = o * c / n``, and a state whose ``n`` is 0 (every sequence's start) takes
+``m = i~``. Through the engine the heads' blocks are one block-diagonal (H, 4H) matrix.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import block_diag
+
+from lstm_jax.cells import Cell, Engine, Options, normal, project, stack
+
+GATES = "ifzo"
+
+
+class SLSTMState(NamedTuple):
+    """``h`` (what the next layer sees), the cell ``c``, the normalizer ``n``, the stabilizer ``m``."""
+
+    h: jax.Array
+    c: jax.Array
+    n: jax.Array
+    m: jax.Array
+
+
+def init(key, D: int, o: Options) -> dict:
+    """d2l's N(0, 0.01^2) weights; zero biases but the forget gate's ``forget_bias``."""
+    H, K = o.num_hiddens, o.num_heads
+    keys = iter(jax.random.split(key, 2 * len(GATES)))
+    out = {}
+    for g in GATES:
+        out[f"W_x{g}"] = normal(next(keys), (D, H))
+        out[f"W_h{g}"] = normal(next(keys), (K, H // K, H // K))
+        out[f"b_{g}"] = jnp.full((H,), o.forget_bias if g == "f" else 0.0)
+    return out
+
+
+def pointwise(i_raw, f_raw, z_raw, o_raw, s: SLSTMState) -> SLSTMState:
+    """One step's elementwise part, as the reference writes it (its ``min(.., 1)`` included)."""
+    log_f_plus_m = s.m + jax.nn.log_sigmoid(f_raw)
+    m = jnp.where(s.n == 0, i_raw, jnp.maximum(i_raw, log_f_plus_m))
+    i = jnp.minimum(jnp.exp(i_raw - m), 1.0)
+    f = jnp.minimum(jnp.exp(log_f_plus_m - m), 1.0)
+    c = f * s.c + i * jnp.tanh(z_raw)
+    n = f * s.n + i
+    return SLSTMState(jax.nn.sigmoid(o_raw) * c / n, c, n, m)
+
+
+def slstm_step(p: dict, s: SLSTMState, x_t):
+    B, (K, Dh, _) = s.h.shape[0], p["W_hi"].shape
+    heads = s.h.reshape(B, K, Dh)
+    pre = lambda g: (project(p[f"W_x{g}"], x_t) + p[f"b_{g}"]
+                     + jnp.einsum("bkd,kde->bke", heads, p[f"W_h{g}"]).reshape(B, K * Dh))
+    s = pointwise(*map(pre, GATES), s)
+    return s, s.h
+
+
+def recurrent_matrix(p: dict) -> jax.Array:
+    """The heads' blocks as one block-diagonal (H, 4H) matrix, gates side by side."""
+    return jnp.concatenate([block_diag(*p[f"W_h{g}"]) for g in GATES], axis=-1)
+
+
+SLSTM = Cell(
+    "slstm", SLSTMState, init, lambda o: SLSTMState(*(o.num_hiddens,) * 4), slstm_step,
+    Engine(lambda p: (stack(p, "W_x", GATES), stack(p, "b_", GATES)), recurrent_matrix, lambda p: {},
+           lambda q, xp, hh, s: pointwise(*jnp.split(xp + hh, 4, axis=-1), s)),
+    GATES)
+CELLS = (SLSTM,)
