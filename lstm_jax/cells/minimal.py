@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import Cell, HState, Options, normal, project
+from lstm_jax.cells import Cell, HState, Options, normal, project, step_from
 
 
 def g(x):
@@ -56,11 +56,10 @@ def _pre(p: dict, x, g_: str):
     return project(p[f"W_x{g_}"], x) + p[f"b_{g_}"]
 
 
-def min_gru_step(p: dict, s: HState, x_t):
+def min_gru_signals(p: dict, s: HState, x_t) -> dict:
     """``z = sigmoid(Linear_z(x))``, ``h~ = g(Linear_h(x))``, ``h = (1 - z) h + z h~``."""
-    z = jax.nn.sigmoid(_pre(p, x_t, "z"))
-    h = (1 - z) * s.h + z * g(_pre(p, x_t, "h"))
-    return HState(h), h
+    z, h_tilde = jax.nn.sigmoid(_pre(p, x_t, "z")), g(_pre(p, x_t, "h"))
+    return dict(z=z, h_tilde=h_tilde, h=(1 - z) * s.h + z * h_tilde)
 
 
 def min_gru_sequence(p: dict, s: HState, x_T):
@@ -69,11 +68,10 @@ def min_gru_sequence(p: dict, s: HState, x_T):
     return HState(h[-1]), h
 
 
-def min_lstm_step(p: dict, s: HState, x_t):
+def min_lstm_signals(p: dict, s: HState, x_t) -> dict:
     """``f, i = sigmoid(Linear(x))``, normalized to sum 1: ``h = f' h + i' g(Linear_h(x))``."""
-    f, i = jax.nn.sigmoid(_pre(p, x_t, "f")), jax.nn.sigmoid(_pre(p, x_t, "i"))
-    h = f / (f + i) * s.h + i / (f + i) * g(_pre(p, x_t, "h"))
-    return HState(h), h
+    f, i, h_tilde = jax.nn.sigmoid(_pre(p, x_t, "f")), jax.nn.sigmoid(_pre(p, x_t, "i")), g(_pre(p, x_t, "h"))
+    return dict(f=f, i=i, h_tilde=h_tilde, h=f / (f + i) * s.h + i / (f + i) * h_tilde)
 
 
 def min_lstm_sequence(p: dict, s: HState, x_T):
@@ -84,7 +82,9 @@ def min_lstm_sequence(p: dict, s: HState, x_T):
 
 
 _sizes = lambda o: HState(o.num_hiddens)
-MIN_GRU = Cell("min_gru", HState, _init("zh"), _sizes, min_gru_step, sequence=min_gru_sequence)
+MIN_GRU = Cell("min_gru", HState, _init("zh"), _sizes, step_from(min_gru_signals, HState), sequence=min_gru_sequence,
+               signals=min_gru_signals, gate_signals=("z",))
 MIN_LSTM = Cell("min_lstm", HState, _init("fih", lambda o, g_: o.forget_bias if g_ == "f" else 0.0), _sizes,
-                min_lstm_step, sequence=min_lstm_sequence)
+                step_from(min_lstm_signals, HState), sequence=min_lstm_sequence, signals=min_lstm_signals,
+                gate_signals=("f", "i"))
 CELLS = (MIN_GRU, MIN_LSTM)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import block_diag
 
-from lstm_jax.cells import Cell, Engine, Options, normal, project, stack
+from lstm_jax.cells import Cell, Engine, Options, normal, project, stack, step_from
 
 GATES = "ifzo"
 
@@ -43,7 +43,7 @@ def init(key, D: int, o: Options) -> dict:
     return out
 
 
-def pointwise(i_raw, f_raw, z_raw, o_raw, s: SLSTMState) -> SLSTMState:
+def pointwise(i_raw, f_raw, z_raw, o_raw, s: SLSTMState) -> dict:
     """One step's elementwise part, as the reference writes it (its ``min(.., 1)`` included)."""
     log_f_plus_m = s.m + jax.nn.log_sigmoid(f_raw)
     m = jnp.where(s.n == 0, i_raw, jnp.maximum(i_raw, log_f_plus_m))
@@ -51,16 +51,20 @@ def pointwise(i_raw, f_raw, z_raw, o_raw, s: SLSTMState) -> SLSTMState:
     f = jnp.minimum(jnp.exp(log_f_plus_m - m), 1.0)
     c = f * s.c + i * jnp.tanh(z_raw)
     n = f * s.n + i
-    return SLSTMState(jax.nn.sigmoid(o_raw) * c / n, c, n, m)
+    o = jax.nn.sigmoid(o_raw)
+    return dict(i=i, f=f, z=jnp.tanh(z_raw), o=o, c=c, n=n, m=m, h=o * c / n)
 
 
-def slstm_step(p: dict, s: SLSTMState, x_t):
+def slstm_signals(p: dict, s: SLSTMState, x_t) -> dict:
     B, (K, Dh, _) = s.h.shape[0], p["W_hi"].shape
     heads = s.h.reshape(B, K, Dh)
     pre = lambda g: (project(p[f"W_x{g}"], x_t) + p[f"b_{g}"]
                      + jnp.einsum("bkd,kde->bke", heads, p[f"W_h{g}"]).reshape(B, K * Dh))
-    s = pointwise(*map(pre, GATES), s)
-    return s, s.h
+    return pointwise(*map(pre, GATES), s)
+
+
+def _state(signals: dict) -> SLSTMState:
+    return SLSTMState(*(signals[f] for f in SLSTMState._fields))
 
 
 def recurrent_matrix(p: dict) -> jax.Array:
@@ -69,8 +73,8 @@ def recurrent_matrix(p: dict) -> jax.Array:
 
 
 SLSTM = Cell(
-    "slstm", SLSTMState, init, lambda o: SLSTMState(*(o.num_hiddens,) * 4), slstm_step,
+    "slstm", SLSTMState, init, lambda o: SLSTMState(*(o.num_hiddens,) * 4), step_from(slstm_signals, SLSTMState),
     Engine(lambda p: (stack(p, "W_x", GATES), stack(p, "b_", GATES)), recurrent_matrix, lambda p: {},
-           lambda q, xp, hh, s: pointwise(*jnp.split(xp + hh, 4, axis=-1), s)),
-    GATES)
+           lambda q, xp, hh, s: _state(pointwise(*jnp.split(xp + hh, 4, axis=-1), s))),
+    GATES, signals=slstm_signals, gate_signals=("i", "f", "o"))
 CELLS = (SLSTM,)
