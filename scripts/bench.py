@@ -75,6 +75,11 @@ CONFIGS = {
     # the same on the Penn Treebank: a 10,000-word head, most of a word model's work
     "ptb": dict(batch_size=20, num_steps=20, num_hiddens=200, num_layers=2, max_tokens=0, token="word",
                 embed_dim=200, corpus="ptb", normalize="eos"),
+    # the same at 4x and 16x longer sequences: where cells that run parallel in time (min_gru, min_lstm) gain
+    "shakespeare_small_256": dict(batch_size=64, num_steps=256, num_hiddens=256, num_layers=2, max_tokens=0,
+                                  corpus="tinyshakespeare", normalize="none"),
+    "shakespeare_small_1024": dict(batch_size=64, num_steps=1024, num_hiddens=256, num_layers=2, max_tokens=0,
+                                   corpus="tinyshakespeare", normalize="none"),
     "shakespeare_1layer": dict(batch_size=64, num_steps=100, num_hiddens=512, num_layers=1, max_tokens=0,
                               corpus="tinyshakespeare", normalize="none"),
     "big_2layer": dict(batch_size=256, num_steps=35, num_hiddens=512, num_layers=2, max_tokens=40000),
@@ -112,6 +117,7 @@ def make_config(name: str, impl: str):
     c.model = "concise" if impl.startswith("concise") else "scratch"
     if impl.startswith("cell:"):
         c.cell, c.lstm_impl = impl[5:], None
+        c.num_heads = 4 if c.cell == "slstm" else 1  # xLSTM's default; the same work at any number of heads
         return c
     c.lstm_impl = {"scratch": "fast", "concise_fast": "fast"}.get(impl, "reference")
     return c
