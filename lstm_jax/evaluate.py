@@ -12,6 +12,7 @@ are reported.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lstm_jax import batches, checkpoint, corpora, data, steps
@@ -32,6 +33,9 @@ def evaluate(workdir: str, split: str = "val", path: str | None = None, best: bo
     c = loaded.config
     result = {"checkpoint": loaded.step}
     if path is not None:
+        if os.path.isdir(path):
+            raise UserError(f"--path {path} is a directory; give one text file (a run trained on a directory's "
+                            "train/valid/test files scores them with --split)")
         source = corpora.resolve_corpus("timemachine", path, None, None, None)["train"]
         ids, missing = data.encode_file(source, loaded.vocab)
         if len(ids) < 2:

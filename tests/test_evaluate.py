@@ -38,6 +38,9 @@ def test_a_new_file_counts_unknown_tokens(run, tmp_path):
     alien.write_text("12345 67890 !!!\n")
     with pytest.raises(UserError, match="has 0 tokens once read like the training text"):
         evaluate.evaluate(str(workdir), path=str(alien))
+    (tmp_path / "train.txt").write_text("a directory of splits is not one file\n")
+    with pytest.raises(UserError, match="is a directory; give one text file"):
+        evaluate.evaluate(str(workdir), path=str(tmp_path))
 
 
 @pytest.mark.slow
