@@ -86,7 +86,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optimizer = "sgd"  # 'sgd', 'adam', 'adamw' or 'ntasgd' (AWD-LSTM's: SGD, then the mean of the iterates)
     c.nonmono = 5  # ntasgd: average once validation is worse than the best of all but the last nonmono
     c.learning_rate = 1.0  # the peak rate under a schedule
-    c.weight_decay = 0.0  # adamw's decoupled weight decay
+    c.weight_decay = 0.0  # adamw: decoupled; sgd, ntasgd, adam: L2, added to the clipped gradient (PyTorch's)
     # 'constant', 'cosine' (to 0 over the run's num_epochs) or 'step' (Zaremba et al.: times lr_decay each
     # epoch after the first lr_decay_after epochs)
     c.lr_schedule = "constant"

@@ -62,7 +62,10 @@ class Optimizer:
 
             sched = rate if (warmup or cosine or every) else learning_rate
             extra = {"weight_decay": self.weight_decay} if self.name == "adamw" else {}
-            return getattr(optax, "sgd" if self.name == "ntasgd" else self.name)(sched, **extra)  # sgd, adam(w)
+            step = getattr(optax, "sgd" if self.name == "ntasgd" else self.name)(sched, **extra)  # sgd, adam(w)
+            if self.weight_decay and self.name != "adamw":  # PyTorch's SGD / Adam weight_decay (AWD's wdecay)
+                return optax.chain(optax.add_decayed_weights(self.weight_decay), step)
+            return step
 
         return optax.chain(optax.clip_by_global_norm(self.grad_clip),
                            optax.inject_hyperparams(optimizer)(learning_rate=self.learning_rate),

@@ -121,7 +121,8 @@ def test_a_time_budget_fixes_the_updates_and_the_schedule_ends_with_it(tiny_conf
 @pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine"), ("sgd", "cosine")])
 def test_optimizers_and_schedules(tiny_config, tmp_path, optimizer, schedule):
     c = tiny_config
-    c.optimizer, c.lr_schedule, c.warmup_steps, c.weight_decay = optimizer, schedule, 5, 0.1
+    c.optimizer, c.lr_schedule, c.warmup_steps = optimizer, schedule, 5
+    c.weight_decay = 0.1 if optimizer == "adamw" else 1e-4  # decoupled, or L2 in the gradient
     c.learning_rate, c.num_epochs = (4.0 if optimizer == "sgd" else 0.02), 4
     summary = train.train_and_evaluate(c, str(tmp_path), **quiet)
     ppl = [r["train_ppl"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))]
@@ -264,3 +265,15 @@ def test_ntasgd_switches_when_validation_stops_improving(tiny_config, tmp_path, 
     with pytest.raises(UserError, match="needs a validation split"):
         c.data.val_fraction = 0.0
         experiment.Experiment.from_config(c)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "ntasgd"])
+def test_sgd_weight_decay_is_pytorchs_l2_after_clipping(tiny_config, optimizer):
+    # AWD-LSTM's wdecay: torch.optim.SGD(weight_decay=wd) adds wd * p to the (clipped) gradient.
+    c = tiny_config
+    c.optimizer, c.learning_rate, c.weight_decay, c.grad_clip = optimizer, 2.0, 0.01, 1.0
+    opt = steps.make_optimizer(c, total_steps=10)
+    params = {"w": np.full(4, 3.0, np.float32)}
+    grads = {"w": np.full(4, 5.0, np.float32)}  # norm 10: clipped to 1, each 0.5
+    updates, _ = opt.update(grads, opt.init(params), params)
+    np.testing.assert_allclose(updates["w"], -2.0 * (0.5 + 0.01 * 3.0), rtol=1e-6)
