@@ -49,6 +49,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.init = config_dict.placeholder(str)
     c.init_scale = 0.0  # d2l's std (0: 0.01) or uniform's bound s (0: 1/sqrt(num_hiddens))
     c.num_layers = 1  # stacked recurrent layers (d2l's deep RNN)
+    c.last_hiddens = 0  # the last layer's width, if not num_hiddens (AWD-LSTM: 400, its embedding's; scratch)
     c.embed_dim = 0  # 0: one-hot input (d2l, done as a row lookup); > 0: an embedding table
     c.tie_weights = False  # the head is the embedding's transpose (Press & Wolf 2017; Inan et al. 2017)
     c.dropout = 0.0  # on non-recurrent connections only (Zaremba et al. 2014); off in evaluation
@@ -132,7 +133,7 @@ _POSITIVE = ("num_heads", "nonmono", "num_hiddens", "num_layers", "batch_size", 
              "num_preds", "batches_per_call", "checkpoint_every", "max_to_keep", "learning_rate",
              "grad_clip")
 _RATES = ("dropout", "dropout_input", "dropout_output", "embed_dropout", "weight_drop")
-_NON_NEGATIVE = ("activation_reg", "temporal_reg", "embed_dim", "proj_size", "init_scale", "eval_batch_size", "lr_decay", "lr_decay_after", "weight_decay", "warmup_steps", "time_budget_s", "num_updates",
+_NON_NEGATIVE = ("last_hiddens", "activation_reg", "temporal_reg", "embed_dim", "proj_size", "init_scale", "eval_batch_size", "lr_decay", "lr_decay_after", "weight_decay", "warmup_steps", "time_budget_s", "num_updates",
                  "eval_every_steps", "data.min_freq", "data.val_fraction", "data.test_fraction")
 
 
@@ -185,7 +186,7 @@ def _validate_cell(c) -> None:
     if c.init == "flax" and c.init_scale:
         raise UserError(f"config.init_scale={c.init_scale}: init='flax' has no scale; it applies to 'd2l' and 'uniform'")
     if c.tie_weights:
-        width = cell.state_sizes(cells.Options(c.num_hiddens, c.proj_size))[0]
+        width = cell.state_sizes(cells.Options(c.last_hiddens or c.num_hiddens, c.proj_size))[0]
         if c.model == "concise":
             raise UserError("config.tie_weights=True: the concise model (flax's cells) does not tie; use model='scratch'")
         if c.embed_dim != width:
@@ -195,9 +196,12 @@ def _validate_cell(c) -> None:
                                if c.embed_dim else ""))
     if c.proj_size and c.cell != "lstm_proj":
         raise UserError(f"config.proj_size={c.proj_size}: only cell lstm_proj has a projection, not {c.cell}")
-    if c.num_heads != 1 and (c.cell != "slstm" or c.num_hiddens % c.num_heads):
+    if c.last_hiddens and (c.model == "concise" or c.num_layers < 2):
+        raise UserError(f"config.last_hiddens={c.last_hiddens}: " + ("the concise model (flax's cells) has one width; "
+                        "use model='scratch'" if c.model == "concise" else "one layer has one width: set num_hiddens"))
+    if c.num_heads != 1 and (c.cell != "slstm" or c.num_hiddens % c.num_heads or c.last_hiddens % c.num_heads):
         raise UserError(f"config.num_heads={c.num_heads}: " + (f"cell {c.cell} has no heads (only slstm)" if c.cell != "slstm"
-                        else f"must divide num_hiddens={c.num_hiddens}"))
+                        else f"must divide num_hiddens={c.num_hiddens} and last_hiddens={c.last_hiddens}"))
     if c.weight_drop and not cell.gates:
         raise UserError(f"config.weight_drop={c.weight_drop}: cell {c.cell} has no recurrent weights to drop "
                         "(its gates see the input only)")

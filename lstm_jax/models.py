@@ -64,6 +64,7 @@ class LanguageModel:
     activation_reg: float = 0.0  # AWD's AR and TAR coefficients, training's (steps.objective)
     temporal_reg: float = 0.0
     num_heads: int = 1  # slstm's heads
+    last_hiddens: int = 0  # the last layer's width if not num_hiddens (AWD-LSTM's 400 beside 1150)
 
     def __post_init__(self):
         if self.variant not in ("scratch", "concise"):
@@ -92,14 +93,20 @@ class LanguageModel:
         return Options(self.num_hiddens, self.proj_size, self.forget_bias, self.num_heads)
 
     @property
+    def layer_sizes(self) -> tuple:
+        """Each layer's state widths (the cell's State of ints); the state holds each field at its
+        widest, and a narrower layer (``last_hiddens``) uses the first units of its row."""
+        return layer_sizes(self.cell, self.options, self.num_layers, self.last_hiddens)
+
+    @property
     def state_dtype(self):
         return DTYPES[self.dtype] or jnp.float32
 
     def initial_state(self, batch_size: int):
         """Zeros, as d2l's ``init_lstm_state`` / ``begin_state``, for every layer."""
-        cell = cells.get(self.cell)
-        return cell.State(*(jnp.zeros((batch_size, self.num_layers, n), self.state_dtype)
-                            for n in cell.state_sizes(self.options)))
+        widest = (max(n) for n in zip(*self.layer_sizes))
+        return cells.get(self.cell).State(*(jnp.zeros((batch_size, self.num_layers, n), self.state_dtype)
+                                            for n in widest))
 
     def num_params(self) -> int:
         return sum(a.size for a in jax.tree.leaves(jax.eval_shape(self.init, jax.random.key(0))))
@@ -114,7 +121,7 @@ class LanguageModel:
         if self.variant == "scratch":
             return init_params(key, self.vocab_size, self.num_hiddens, self.num_layers, self.embed_dim,
                                self.cell, self.proj_size, self.forget_bias, self.initializer or "d2l", self.init_scale,
-                               self.tie_weights, self.num_heads)
+                               self.tie_weights, self.num_heads, self.last_hiddens)
         zeros = self.initial_state(1)
         return self._flax().init(key, jax.tree.map(lambda a: a.astype(jnp.float32), zeros),
                                  jnp.zeros((1, 1), jnp.int32))
@@ -132,7 +139,7 @@ class LanguageModel:
                 params = concise_to_scratch(params)
             run = fast_apply if self.runs == "fast" else reference_apply
             logits, state, *hs = run(compute(params), compute(state), tokens_BxT, key, self.drop, cell=self.cell,
-                                     outputs=outputs)
+                                     outputs=outputs, sizes=self.layer_sizes if self.last_hiddens else None)
         return (logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state, *hs)
 
 
@@ -143,7 +150,7 @@ def from_config(config, vocab_size: int) -> LanguageModel:
                    float(c.embed_dropout), float(c.weight_drop))
     return LanguageModel(c.model, vocab_size, c.num_hiddens, c.dtype, c.lstm_impl, c.num_layers, c.embed_dim,
                          drop, c.cell, c.proj_size, c.forget_bias, c.init, c.init_scale, c.tie_weights,
-                         float(c.activation_reg), float(c.temporal_reg), c.num_heads)
+                         float(c.activation_reg), float(c.temporal_reg), c.num_heads, c.last_hiddens)
 
 
 # ---------------------------------------------------------------------------
@@ -170,7 +177,8 @@ def layer(params: Params, l: int) -> Params:
 
 def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: int = 1,
                 embed_dim: int = 0, cell: str = "lstm", proj_size: int = 0, forget_bias: float = 0.0,
-                init: str = "d2l", init_scale: float = 0.0, tie_weights: bool = False, num_heads: int = 1) -> Params:
+                init: str = "d2l", init_scale: float = 0.0, tie_weights: bool = False, num_heads: int = 1,
+                last_hiddens: int = 0) -> Params:
     """The cell's parameters for every layer and the head ``W_hq, b_q``; with ``embed_dim`` an
     embedding table ``embed`` (V, E) ~ N(0, 1), as PyTorch's and flax's, and layer 0's input is E wide.
 
@@ -183,19 +191,20 @@ def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: i
     array, drawn as the head's weights are (so it needs ``embed_dim`` equal to the head's input width).
     """
     c, o = cells.get(cell), Options(num_hiddens, proj_size, forget_bias, num_heads)
-    out = c.state_sizes(o)[0]  # what the next layer and the head see
+    options = [o] * (num_layers - 1) + [o._replace(num_hiddens=last_hiddens or num_hiddens)]
+    width = [c.state_sizes(o)[0] for o in options]  # what the next layer and the head see
     head_key = jax.random.split(key, 14)[12]  # d2l's 14 draws: 12 for the gates, then W_hq
-    params = {**c.init(key, embed_dim or vocab_size, o), "W_hq": cells.normal(head_key, (out, vocab_size)),
+    params = {**c.init(key, embed_dim or vocab_size, options[0]), "W_hq": cells.normal(head_key, (width[-1], vocab_size)),
               "b_q": jnp.zeros((vocab_size,))}
     for l in range(1, num_layers):
-        params[layer_key(l)] = c.init(jax.random.fold_in(key, l), out, o)
+        params[layer_key(l)] = c.init(jax.random.fold_in(key, l), width[l - 1], options[l])
     if embed_dim:
         params["embed"] = jax.random.normal(jax.random.fold_in(key, 10_000), (vocab_size, embed_dim))
     if init != "d2l" or init_scale:
         params = cells.redraw(key, params, init, init_scale or (0.01 if init == "d2l" else num_hiddens ** -0.5))
     if tie_weights:
         if params["W_hq"].shape[0] != embed_dim:
-            raise ValueError(f"tied weights need embed_dim = the head's input width {out}, got {embed_dim}")
+            raise ValueError(f"tied weights need embed_dim = the head's input width {width[-1]}, got {embed_dim}")
         params["embed"] = params.pop("W_hq").T
     return params
 
@@ -213,16 +222,26 @@ def head(params: Params) -> tuple[jax.Array, jax.Array]:
     return params["W_hq"] if "W_hq" in params else params["embed"].T, params["b_q"]
 
 
-def _layer_state(state, l: int):
-    return jax.tree.map(lambda a: a[:, l], state)
+def layer_sizes(cell: str, o: Options, num_layers: int, last_hiddens: int = 0) -> tuple:
+    sizes = cells.get(cell).state_sizes
+    return (sizes(o),) * (num_layers - 1) + (sizes(o._replace(num_hiddens=last_hiddens or o.num_hiddens)),)
 
 
-def _stack_layers(finals):
+def _layer_state(state, l: int, sizes=None):
+    """Layer ``l``'s state (B, width) from the stacked (B, L, widest); ``sizes``: its widths."""
+    return jax.tree.map(lambda a, n: a[:, l, :n], state, sizes) if sizes else jax.tree.map(lambda a: a[:, l], state)
+
+
+def _stack_layers(finals, like=None):
+    """The layers' final states as one (B, L, widest) per field, narrower layers zero-padded like ``like``."""
+    if like is not None:
+        finals = [jax.tree.map(lambda a, w: jnp.pad(a, ((0, 0), (0, w.shape[-1] - a.shape[-1]))), f, like)
+                  for f in finals]
     return jax.tree.map(lambda *a: jnp.stack(a, 1), *finals)
 
 
 def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dropout = Dropout(),
-                    cell: str = "lstm", outputs: bool = False):
+                    cell: str = "lstm", outputs: bool = False, sizes=None):
     """Logits (B, T, V) and every layer's final state by autodiff-able ``lax.scan`` of the cell's step;
     ``outputs``: also the last layer's outputs (T, B, H) before and after dropout."""
     c = cells.get(cell)
@@ -232,7 +251,7 @@ def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop
         if l:
             x = dropout(key, l, x, drop.hidden, drop.locked)
         p = drop_weights(key, layer(params, l), c.recurrent, drop.weight, l)
-        s0 = c.State(*_layer_state(state, l))
+        s0 = c.State(*_layer_state(state, l, sizes and sizes[l]))
         if c.sequence and x.shape[0] > 1:  # all steps at once; one step (generation) as the definition
             s, x = c.sequence(p, s0, x)
         else:
@@ -240,11 +259,11 @@ def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop
         finals.append(s)
     h, x = x, dropout(key, len(finals), x, drop.output, drop.locked)
     W_hq, b_q = head(params)
-    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals)) + (((h, x),) if outputs else ())
+    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals, state)) + (((h, x),) if outputs else ())
 
 
 def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dropout = Dropout(),
-               lanes: int | None = None, cell: str = "lstm", outputs: bool = False):
+               lanes: int | None = None, cell: str = "lstm", outputs: bool = False, sizes=None):
     """:func:`reference_apply` through the engine (same key, same dropout, same function).
 
     Each layer's input projection is one product over all time steps, before
@@ -276,13 +295,13 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dro
             xp = tuple(jnp.take(W_x, t, axis=0) + b for t in split(tokens_TxB, 1))
         else:
             if l and key is not None and drop.hidden:  # the mask of the whole (T, B, H) input, cut into lanes
-                mask = split(dropout_mask(key, l, (tokens_TxB.shape[0], B, W_h.shape[0]), drop.hidden,
+                mask = split(dropout_mask(key, l, (tokens_TxB.shape[0], B, x_TxBxD[0].shape[-1]), drop.hidden,
                                           x_TxBxD[0].dtype, drop.locked), 1)
                 x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
             xp = engine.input_projection(*engine.same_vma((x_TxBxD, W_x, b)))
         if eng.prepare:
             xp = tuple(eng.prepare(p, x) for x in xp)
-        s0 = tuple(c.State(*parts) for parts in zip(*(split(a[:, l], 0) for a in state)))
+        s0 = tuple(c.State(*parts) for parts in zip(*(split(a, 0) for a in _layer_state(state, l, sizes and sizes[l]))))
         if eng.kernel is None:
             x_TxBxD, final = engine.cell_recurrence(
                 eng.pointwise, eng.additive, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
@@ -297,8 +316,8 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dro
         finals.append(jax.tree.map(lambda *a: jnp.concatenate(a), *final))
     if fused_head:
         logits = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
-        return logits, _stack_layers(finals)
+        return logits, _stack_layers(finals, state)
     h = jnp.concatenate(x_TxBxD, axis=1)
     x = dropout(key, L, h, drop.output, drop.locked)
     W_hq, b_q = head(params)
-    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals)) + (((h, x),) if outputs else ())
+    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals, state)) + (((h, x),) if outputs else ())

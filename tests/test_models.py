@@ -268,3 +268,39 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(variant):
     assert scale > 1  # the weights make real logits, so the tolerance below means something
     np.testing.assert_allclose(logits, ref, atol=0.02 * scale)
     assert not np.array_equal(logits, ref)  # bf16 really ran
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_after", "min_lstm"])
+def test_a_narrower_last_layer_is_each_layer_run_in_turn(cell):
+    """AWD-LSTM's shape (layers H, H, E; tied head): the stacked model is each layer's own scan, fed the
+    layer before's outputs; the narrower layer's state rows end in zeros; engine = reference in float64."""
+    E = 4
+    with jax.enable_x64(True):
+        kw = dict(num_layers=3, embed_dim=E, tie_weights=True, last_hiddens=E, cell=cell, initializer="uniform",
+                  init_scale=0.5)
+        model = models.LanguageModel("scratch", V, H, **kw)
+        p = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.key(0)))
+        assert p["embed"].shape == (V, E) and p["layer2"]["b_" + ("h" if cell == "min_lstm" else "n" if "gru" in cell else "c")].shape == (E,)
+        c, tokens = cells.get(cell), jax.random.randint(jax.random.key(1), (B, T), 0, V)
+        state = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape, jnp.float64),
+                             model.initial_state(B))
+        state = jax.tree.map(lambda a: a.at[:, 2, E:].set(0), state)
+        x, finals = jnp.take(p["embed"], tokens.T, axis=0), []
+        for l, width in enumerate((H, H, E)):
+            s0 = c.State(*(a[:, l, :width] for a in state))
+            s, x = jax.lax.scan(lambda s, x_t: c.step(models.layer(p, l), s, x_t), s0, x)
+            finals.append(s)
+        expected = jnp.swapaxes(x @ p["embed"].T + p["b_q"], 0, 1)
+        impls = ["reference", "fast"] if c.engine else ["reference"]
+        for impl in impls:
+            m = models.LanguageModel("scratch", V, H, impl=impl, **kw)
+            logits, final = m.apply(p, state, tokens)
+            np.testing.assert_allclose(logits, expected, rtol=1e-10)
+            for l, width in enumerate((H, H, E)):
+                for a, b in zip(final, finals[l]):
+                    np.testing.assert_allclose(a[:, l, :width], b, rtol=1e-10, atol=1e-12)
+            assert not np.any(np.asarray(final[0][:, 2, E:]))
+        grads = [jax.grad(lambda p: loss_fn(models.LanguageModel("scratch", V, H, impl=i, dropout=0.3, **kw), p,
+                                            state, tokens, tokens, jax.random.key(3))[0])(p) for i in impls]
+        for g in grads[1:]:
+            assert_trees_close(g, grads[0], rtol=1e-9, atol=1e-12)

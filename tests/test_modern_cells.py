@@ -210,7 +210,7 @@ def test_training_loss_equals_step_by_step_evaluation(name):
 
 @pytest.mark.parametrize("fields,message", [
     (dict(cell="lstm", num_heads=2), "config.num_heads=2: cell lstm has no heads (only slstm)"),
-    (dict(cell="slstm", num_heads=3, num_hiddens=16), "config.num_heads=3: must divide num_hiddens=16"),
+    (dict(cell="slstm", num_heads=3, num_hiddens=16), "config.num_heads=3: must divide num_hiddens=16 and"),
     (dict(cell="min_gru", weight_drop=0.5), "config.weight_drop=0.5: cell min_gru has no recurrent weights"),
     (dict(cell="min_gru", forget_bias=1.0), "cell min_gru (scratch) has no forget-gate bias"),
 ])

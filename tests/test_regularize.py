@@ -121,3 +121,17 @@ def test_activation_regularizers_are_awds_formulas(cell):
         if "fast" in grads:
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), grads["fast"],
                          grads["reference"])
+
+
+@pytest.mark.slow
+def test_awd_lstm_as_a_whole_trains_resumes_bit_exactly_samples_and_evaluates(tiny_config, tmp_path):
+    # Every AWD-LSTM feature at once: a narrower tied last layer, locked, embedding and weight dropout,
+    # AR/TAR, NT-ASGD with PyTorch's L2 weight decay.
+    from test_cells import lifecycle
+
+    c = tiny_config
+    c.num_hiddens, c.last_hiddens, c.embed_dim, c.tie_weights = 24, 12, 12, True
+    c.locked_dropout, c.embed_dropout, c.weight_drop, c.dropout_input = True, 0.1, 0.3, 0.2
+    c.activation_reg, c.temporal_reg = 2.0, 1.0
+    c.optimizer, c.nonmono, c.learning_rate, c.weight_decay, c.init = "ntasgd", 1, 3.0, 1e-6, "flax"
+    lifecycle(c, tmp_path)
