@@ -72,10 +72,23 @@ def scratch_to_concise(params: Params) -> Params:
     return {"params": out}
 
 
-def concise_to_scratch(params: Params) -> Params:
+def _from_flax_cell(cell: str, p: dict) -> dict:
+    """One flax layer's parameters under our cell's names (flax's r, z biases are on its input side)."""
+    if cell == "lstm":
+        return lstm.from_flax(p)
+    if cell == "rnn":  # SimpleCell
+        return {"W_xh": p["i"]["kernel"], "W_hh": p["h"]["kernel"], "b_h": p["i"]["bias"]}
+    out = {"b_hn": p["hn"]["bias"]}  # gru_reset_after: GRUCell
+    for g in "rzn":
+        out.update({f"W_x{g}": p[f"i{g}"]["kernel"], f"b_{g}": p[f"i{g}"]["bias"], f"W_h{g}": p[f"h{g}"]["kernel"]})
+    return out
+
+
+def concise_to_scratch(params: Params, cell: str = "lstm") -> Params:
+    """A concise model's parameters as the scratch model's (the same function of the same weights)."""
     flax_params = params["params"]
-    count = sum(k.startswith("lstm") for k in flax_params)
-    layers = [lstm.from_flax(flax_params[_flax_layer(l)]) for l in range(count)]
+    count = sum(k == cell or k.startswith(f"{cell}_") for k in flax_params)
+    layers = [_from_flax_cell(cell, flax_params[_flax_layer(l, cell)]) for l in range(count)]
     out = {**layers[0], "W_hq": flax_params["head"]["kernel"], "b_q": flax_params["head"]["bias"]}
     out.update({layer_key(l): p for l, p in enumerate(layers) if l})
     if "embed" in flax_params:

@@ -38,14 +38,12 @@ class Trace(NamedTuple):
 
 
 def scratch_params(run) -> dict:
-    """The run's parameters under the cell's names in float32 (a concise LSTM's are re-keyed)."""
+    """The run's parameters under the cell's names in float32 (a concise model's are re-keyed)."""
     params = run.params
     if run.model.variant == "concise":
-        if run.model.cell != "lstm":
-            raise ValueError(f"inspect reads concise models of cell lstm only, not {run.model.cell!r}")
         from lstm_jax.concise import concise_to_scratch
 
-        params = concise_to_scratch(params)
+        params = concise_to_scratch(params, run.model.cell)
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
 
 

@@ -53,6 +53,17 @@ def test_trace_is_the_model_for_every_cell(name):
     assert expected <= set(tr.signals[0]) and set(cell.gate_signals) <= set(tr.signals[0])
 
 
+@pytest.mark.parametrize("name", list(cells.FLAX))
+def test_trace_reads_flax_cells(name):
+    # A concise model (flax's own cell): its parameters re-keyed, the same losses as flax computes.
+    run, ids = make_run(lines_text(2), name, hidden=5, layers=2)
+    model = models.LanguageModel("concise", run.model.vocab_size, 5, num_layers=2, cell=name, impl="reference")
+    run = run._replace(model=model, params=model.init(jax.random.key(1)))
+    logits, _ = model.apply(run.params, model.initial_state(1), ids[None, :30])
+    logp = jax.nn.log_softmax(logits[0])
+    np.testing.assert_allclose(inspect.trace(run, ids[:30]).loss[:-1], -logp[np.arange(29), ids[1:30]], rtol=1e-5)
+
+
 def test_text_features():
     f = inspect.text_features(list('ab (c)\n"d"\nEND:\nx'))
     np.testing.assert_array_equal(f["position_in_line"], [1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1])
