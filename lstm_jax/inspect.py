@@ -3,7 +3,7 @@ text, gate saturation and gradient flow; the CLI writes them as one HTML page an
 
   python -m lstm_jax.inspect --workdir runs/shakespeare --out report.html --json report.json
   python -m lstm_jax.inspect --workdir runs/shakespeare --path play.txt --max_chars 5000 --best
-  python -m lstm_jax.inspect --workdir runs/lstm --compare runs/gru runs/rnn --out cells.html
+  python -m lstm_jax.inspect --workdir runs/lstm --compare runs/gru,runs/rnn --out cells.html
 
 The text is the validation split of the run's corpus (--split) or a file (--path, read with the
 checkpoint's vocabulary), cut to --max_chars tokens and traced from a zero state. The page is
@@ -237,9 +237,50 @@ def saturation(signals: list, gates, low: float = 0.1, high: float = 0.9) -> lis
 
 
 def main() -> None:
-    from lstm_jax import report
+    import json
+    import os
+    import sys
 
-    report.main(__doc__)
+    from absl import flags
+
+    from lstm_jax import cli, report
+    from lstm_jax.errors import UserError
+
+    flags.DEFINE_string("workdir", None, "A training run's --workdir (holds checkpoints/).")
+    flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Which split of the run's corpus to trace.")
+    flags.DEFINE_string("path", None, "Trace this text file instead (read with the checkpoint's vocabulary).")
+    flags.DEFINE_integer("max_chars", 20_000, "Trace the first N tokens (correlations, saturation and gradient "
+                         "flow use them all).")
+    flags.DEFINE_integer("show_chars", report.SHOW_CHARS, "Embed every unit's activation for the first N tokens "
+                         "(the coloured text; one byte per unit and token: the page's size).")
+    flags.DEFINE_boolean("best", False, "Use the best-validation checkpoint (best/) instead of the latest.")
+    flags.DEFINE_string("out", "report.html", "Where to write the HTML report.")
+    flags.DEFINE_string("json", "report.json", "Where to write the JSON report.")
+    flags.DEFINE_multi_string("compare", [], "Other workdirs whose gradient flow and saturation to overlay, "
+                              "traced on the same text: repeat the flag or separate them with commas.")
+    flags.DEFINE_integer("top", 5, "Units listed per feature.")
+    flags.DEFINE_integer("max_distance", 100, "Gradient flow up to this many steps back.")
+    flags.DEFINE_integer("windows", 64, "Gradient flow: the positions averaged over.")
+    flags.mark_flag_as_required("workdir")
+    F = flags.FLAGS
+
+    def run():
+        if min(F.show_chars, F.top, F.max_distance, F.windows) < 1:
+            raise UserError("--show_chars, --top, --max_distance and --windows must be >= 1")
+        compare = tuple(d for arg in F.compare for d in arg.split(",") if d)
+        out, page = report.build(F.workdir, F.split, F.path, F.max_chars, F.best, compare, F.show_chars, F.top,
+                                 F.max_distance, F.windows, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        report.write(F.json, json.dumps(out, indent=1, allow_nan=False) + "\n")
+        report.write(F.out, page)
+        best = {}
+        for u in out["units"]:
+            best.setdefault(u["feature"], u)
+        for u in best.values():
+            print(f"{u['feature']}: layer {u['layer']} {u['signal']}[{u['unit']}] r = {u['correlation']:+.3f}")
+        print(f"traced {out['traced']['num_tokens']:,} tokens: {out['scores']['loss_nats']:.4f} nats/token; "
+              f"wrote {F.out} ({os.path.getsize(F.out) / 1e6:.2f} MB) and {F.json}")
+
+    cli.run(run, __doc__)
 
 
 if __name__ == "__main__":

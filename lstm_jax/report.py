@@ -1,13 +1,12 @@
 """The inspection report: :mod:`lstm_jax.inspect`'s analyses of one run (and of runs to compare) as
 a JSON-able dict, and that dict as one self-contained HTML page (:mod:`lstm_jax.report_page`).
-The CLI of ``python -m lstm_jax.inspect`` lives here too: reading the text, writing the files."""
+Reading the text and writing the files are here too; the flags are :func:`lstm_jax.inspect.main`'s."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -140,51 +139,10 @@ def build(workdir: str, split: str = "val", path: str | None = None, max_chars: 
     return report, html(page_data(report, tr, run.vocab, show))
 
 
-def _write(path: str, text: str) -> None:
+def write(path: str, text: str) -> None:
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror or e})") from None
-
-
-def main(doc: str) -> None:
-    from absl import flags
-
-    from lstm_jax import cli
-
-    flags.DEFINE_string("workdir", None, "A training run's --workdir (holds checkpoints/).")
-    flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Which split of the run's corpus to trace.")
-    flags.DEFINE_string("path", None, "Trace this text file instead (read with the checkpoint's vocabulary).")
-    flags.DEFINE_integer("max_chars", 20_000, "Trace the first N tokens of the text (correlations, saturation, "
-                         "gradient flow use them all).")
-    flags.DEFINE_integer("show_chars", SHOW_CHARS, "Embed every unit's activation for the first N tokens "
-                         "(the coloured text; about 1 byte per unit per token).")
-    flags.DEFINE_boolean("best", False, "Use the best-validation checkpoint (best/) instead of the latest.")
-    flags.DEFINE_string("out", "report.html", "Where to write the HTML report.")
-    flags.DEFINE_string("json", "report.json", "Where to write the JSON report.")
-    flags.DEFINE_multi_string("compare", [], "Other workdirs whose gradient flow and saturation to overlay; repeat.")
-    flags.DEFINE_integer("top", 5, "Units listed per feature.")
-    flags.DEFINE_integer("max_distance", 100, "Gradient flow up to this many steps back.")
-    flags.DEFINE_integer("windows", 64, "Gradient flow: positions averaged over.")
-    flags.mark_flag_as_required("workdir")
-    FLAGS = flags.FLAGS
-
-    def run():
-        if FLAGS.show_chars < 1 or FLAGS.top < 1 or FLAGS.max_distance < 1 or FLAGS.windows < 1:
-            raise UserError("--show_chars, --top, --max_distance and --windows must be >= 1")
-        report, page = build(FLAGS.workdir, FLAGS.split, FLAGS.path, FLAGS.max_chars, FLAGS.best,
-                             tuple(FLAGS.compare), FLAGS.show_chars, FLAGS.top, FLAGS.max_distance,
-                             FLAGS.windows, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-        _write(FLAGS.json, json.dumps(report, indent=1, allow_nan=False) + "\n")
-        _write(FLAGS.out, page)
-        best = {}
-        for u in report["units"]:
-            best.setdefault(u["feature"], u)
-        for f, u in best.items():
-            print(f"{f}: layer {u['layer']} {u['signal']}[{u['unit']}] r = {u['correlation']:+.3f}")
-        print(f"traced {report['traced']['num_tokens']:,} tokens: {report['scores']['loss_nats']:.4f} nats/token; "
-              f"wrote {FLAGS.out} ({os.path.getsize(FLAGS.out) / 1e6:.2f} MB) and {FLAGS.json}")
-
-    cli.run(run, doc)
