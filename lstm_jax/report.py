@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from lstm_jax import cells, checkpoint, configs, corpora, data, inspect
+from lstm_jax import cells, checkpoint, configs, data, inspect
 from lstm_jax.errors import UserError
 
 SHOW_CHARS = 500  # tokens whose every unit the page embeds (one byte each): the page's size
@@ -25,8 +25,7 @@ def read_text(run, split: str = "val", path: str | None = None, max_chars: int =
         if not os.path.isfile(path):
             raise UserError(f"--path {path} is not a file")
         try:
-            ids, missing = data.encode_file(corpora.resolve_corpus("timemachine", path, None, None, None)["train"],
-                                            run.vocab)
+            ids, missing = data.encode_file(path, run.vocab)
         except OSError as e:
             raise UserError(f"cannot read --path {path} ({e.strerror or e})") from None
         source = dict(path=path, unknown_tokens=int(sum(missing.values())))
