@@ -25,7 +25,8 @@ CONFIG = "experiments/shakespeare.py"
 VOCAB = 65  # tiny Shakespeare's characters
 CLIP = 2.0  # the plot's right edge
 STUCK = 3.0  # nats/char: a run that never left the unigram plateau (about 3.3 here)
-CELLS = ("lstm", "lstm_cifg", "lstm_peephole", "lstm_layernorm", "lstm_proj", "gru", "gru_reset_after", "rnn")
+CELLS = ("lstm", "lstm_cifg", "lstm_peephole", "lstm_layernorm", "lstm_proj", "gru", "gru_reset_after", "rnn",
+         "slstm", "min_gru", "min_lstm")
 
 
 def equal_params_hidden(cell: str, target: int, layers: int = 2) -> int:
@@ -45,11 +46,12 @@ def rows() -> list[tuple[str, str, dict]]:
     from lstm_jax import models
 
     out = [("same hidden size (256)", c, {"cell": c}) for c in CELLS]
+    out.append(("same hidden size (256)", "slstm, 4 heads", {"cell": "slstm", "num_heads": 4}))  # xLSTM's
     out.append(("same hidden size (256)", "lstm, forget_bias=1", {"cell": "lstm", "forget_bias": 1.0}))
     out.append(("same hidden size (256)", "lstm, concise (flax's own)",
                 {"model": "concise", "init": None, "lstm_impl": "fast"}))
     target = models.LanguageModel("scratch", VOCAB, 256, num_layers=2).num_params()
-    for c in ("lstm_cifg", "lstm_proj", "gru", "gru_reset_after", "rnn"):
+    for c in ("lstm_cifg", "lstm_proj", "gru", "gru_reset_after", "rnn", "min_gru", "min_lstm"):
         h = equal_params_hidden(c, target)
         out.append((f"same parameters ({target:,})", f"{c} ({h})", {"cell": c, "num_hiddens": h}))
     return out
@@ -70,8 +72,8 @@ def train(workdir: str, overrides: dict, log) -> dict:
         return json.load(f)
 
 
-def run(out: str, budget: float, seeds: list[int], log=sys.stdout) -> list[dict]:
-    table = rows()
+def run(out: str, budget: float, seeds: list[int], only=None, log=sys.stdout) -> list[dict]:
+    table = [r for r in rows() if only is None or r[2].get("cell", "lstm") in only]
     # Every row's calibrating run first, while the machine is quiet; then the repeats.
     firsts = [train(run_dir(out, name, seeds[0]), {**o, "seed": seeds[0], "time_budget_s": budget}, log)
               for _, name, o in table]
@@ -136,8 +138,17 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--report", help="write the plot here (PNG)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--cells", help="comma-separated: only the rows of these cells")
+    p.add_argument("--merge", help="a JSON this script wrote: its rows join these (same budget), in the table and plot")
     a = p.parse_args()
-    results = run(a.out, a.budget, [int(s) for s in a.seeds.split(",")])
+    results = run(a.out, a.budget, [int(s) for s in a.seeds.split(",")], a.cells and a.cells.split(","))
+    if a.merge:
+        with open(a.merge) as f:
+            earlier = json.load(f)
+        if earlier["budget_s"] != a.budget:
+            p.error(f"--merge {a.merge} ran {earlier['budget_s']} s per run, not {a.budget}")
+        new = {(r["table"], r["row"]) for r in results}
+        results = [r for r in earlier["results"] if (r["table"], r["row"]) not in new] + results
     print(markdown(results))
     if a.json:
         with open(a.json, "w") as f:

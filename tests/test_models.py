@@ -72,6 +72,10 @@ def test_init_schemes_draw_every_cells_arrays_by_their_role(cell):
             else:
                 assert abs(float(flax[name].std()) * np.sqrt(a.shape[0]) - 1) < 0.15, name
             np.testing.assert_allclose(scaled[name], 5 * a, rtol=1e-6)
+        elif a.ndim == 3:  # slstm's heads: each block of the recurrent weights orthogonal
+            for block in flax[name]:
+                np.testing.assert_allclose(block.T @ block, np.eye(block.shape[0]), atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(scaled[name], 5 * a, rtol=1e-6)
         else:
             np.testing.assert_array_equal(flax[name], a, err_msg=name)
         if leaf.startswith(("W_", "b_", "embed")):
