@@ -1,4 +1,4 @@
-"""The cross-entropy's backward pass, A/B: lstm_jax's own VJP (``steps.cross_entropy``) against autodiff
+"""The cross-entropy's backward pass, A/B: lstm_jax's hand-written (``steps.cross_entropy``) against autodiff
 of optax's ``softmax_cross_entropy_with_integer_labels``, inside a word model's loss and gradient.
 
   python scripts/bench_loss.py --json docs/data/bench_loss.json
@@ -48,7 +48,7 @@ def bench(name, rounds, warmup, per_round):
     params, state = model.init(jax.random.key(0)), model.initial_state(B)
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
     Y = jnp.roll(X, -1, 1)
-    fns = {"own VJP": step_fn(model, steps.cross_entropy), "optax autodiff": step_fn(model, optax_loss)}
+    fns = {"hand-written": step_fn(model, steps.cross_entropy), "optax autodiff": step_fn(model, optax_loss)}
     values = {k: f(params, state, X, Y) for k, f in fns.items()}
     a, b = values.values()
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5)  # the same loss
@@ -63,7 +63,7 @@ def bench(name, rounds, warmup, per_round):
                 speeds[k].append(per_round * B * T / (time.perf_counter() - start))
     med = {k: float(np.median(v)) for k, v in speeds.items()}
     return {"shape": name, "batch": B, "steps": T, "hidden": H, "layers": L, "vocab": V, "embed": E,
-            "tokens_per_sec_median": med, "rounds": speeds, "own_over_optax": med["own VJP"] / med["optax autodiff"]}
+            "tokens_per_sec_median": med, "rounds": speeds, "own_over_optax": med["hand-written"] / med["optax autodiff"]}
 
 
 def main():
@@ -79,7 +79,7 @@ def main():
         if name not in SHAPES:
             p.error(f"unknown shape {name!r}; choose from {sorted(SHAPES)}")
         r = bench(name, a.rounds, a.warmup, a.per_round)
-        print(f"{name}: own VJP {r['tokens_per_sec_median']['own VJP']:,.0f} tokens/s, optax autodiff "
+        print(f"{name}: hand-written {r['tokens_per_sec_median']['hand-written']:,.0f} tokens/s, optax autodiff "
               f"{r['tokens_per_sec_median']['optax autodiff']:,.0f}: {r['own_over_optax']:.3f}x", file=sys.stderr)
         results.append(r)
     if a.json:

@@ -280,7 +280,7 @@ def test_sgd_weight_decay_is_pytorchs_l2_after_clipping(tiny_config, optimizer):
     np.testing.assert_allclose(updates["w"], -2.0 * (0.5 + 0.01 * 3.0), rtol=1e-6)
 
 
-def test_cross_entropy_is_optaxs_with_one_pass_backward():
+def test_cross_entropy_is_optaxs_in_value_and_both_modes_of_derivative():
     import optax
     from jax.test_util import check_grads
 
@@ -292,4 +292,4 @@ def test_cross_entropy_is_optaxs_with_one_pass_backward():
         np.testing.assert_allclose(ours(logits), theirs(logits), rtol=1e-14)
         np.testing.assert_allclose(jax.grad(lambda l: 2.5 * ours(l))(logits), jax.grad(lambda l: 2.5 * theirs(l))(logits),
                                    rtol=1e-12, atol=1e-15)
-        check_grads(ours, (logits,), order=1, modes=("rev",))
+        check_grads(ours, (logits,), order=1, modes=("fwd", "rev"))
