@@ -123,7 +123,23 @@ def trace(run, tokens, top_k: int | None = None, chunk: int = CHUNK) -> Trace:
         parts.append(jax.tree.map(lambda a: np.asarray(a)[:n], (sig, top_ids, top_probs, loss)))
     sig, top_ids, top_probs, loss = jax.tree.map(lambda *a: np.concatenate(a), *parts)
     loss[T - 1] = np.nan
-    return Trace(ids, sig, top_ids, top_probs, loss)
+    order = signal_names(run.model, params)  # jax returns dicts sorted by key
+    return Trace(ids, [{n: layer[n] for n in order if n in layer} for layer in sig], top_ids, top_probs, loss)
+
+
+def signal_names(model, params) -> list[str]:
+    """The cell's signal names in the order its ``signals`` writes them (the paper's)."""
+    cell, names = cells.get(model.cell), []
+
+    def probe(params):
+        x = models.layer_input(params, jnp.zeros((1, 1), jnp.int32), None, Dropout())[0]
+        p = models.layer(params, 0)
+        state = cell.State(*(jnp.zeros((1, n)) for n in layer_sizes(model)[0]))
+        names.extend(named_step(cell)(p, state, x)[2])
+        return 0
+
+    jax.eval_shape(probe, params)
+    return names
 
 
 class GradientFlow(NamedTuple):
