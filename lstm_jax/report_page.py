@@ -113,7 +113,7 @@ function paint() {
   const a = current(), u = Math.max(0, Math.min(+$("unit").value || 0, a.width - 1));
   $("unit").value = u; $("unit").max = a.width - 1;
   spans.forEach(function (s, t) {
-    const v = a.q[t * a.width + u] / 127, c = v >= 0 ? "var(--pos)" : "var(--neg)";
+    const v = a.q[t * a.width + u] / 127;
     s.style.background = "rgba(" + (v >= 0 ? "214,69,65" : "45,110,200") + "," + Math.abs(v).toFixed(3) + ")";
   });
   $("sel").textContent = "layer " + $("layer").value + " " + $("signal").value + "[" + u + "], |max| " + a.scale[u].toPrecision(3);
