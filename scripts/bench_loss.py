@@ -1,4 +1,4 @@
-"""The cross-entropy's backward pass, A/B: lstm_jax's hand-written (``steps.cross_entropy``) against autodiff
+"""The cross-entropy's backward pass, A/B: lstm_jax's hand-written derivative (``steps.cross_entropy``) against autodiff
 of optax's ``softmax_cross_entropy_with_integer_labels``, inside a word model's loss and gradient.
 
   python scripts/bench_loss.py --json docs/data/bench_loss.json
