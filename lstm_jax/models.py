@@ -24,6 +24,7 @@ T time, L layers, H hidden, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -76,12 +77,14 @@ class LanguageModel:
 
     @property
     def runs(self) -> str:
-        """The implementation that runs: ``fast`` (the engine) or ``reference``."""
+        """The implementation that runs: ``fast`` (the engine), ``parallel`` (the cell's ``sequence``, all
+        steps at once) or ``reference`` (autodiff of its step under ``lax.scan``)."""
         if self.impl:
             return self.impl
         if self.variant == "concise":
             return "reference"
-        return "fast" if cells.get(self.cell).engine else "reference"
+        c = cells.get(self.cell)
+        return "fast" if c.engine else "parallel" if c.sequence else "reference"
 
     @property
     def drop(self) -> Dropout:
@@ -137,7 +140,7 @@ class LanguageModel:
                 from lstm_jax.concise import concise_to_scratch
 
                 params = concise_to_scratch(params)
-            run = fast_apply if self.runs == "fast" else reference_apply
+            run = fast_apply if self.runs == "fast" else functools.partial(reference_apply, parallel=self.runs == "parallel")
             logits, state, *hs = run(compute(params), compute(state), tokens_BxT, key, self.drop, cell=self.cell,
                                      outputs=outputs, sizes=self.layer_sizes if self.last_hiddens else None)
         return (logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), state, *hs)
@@ -241,9 +244,10 @@ def _stack_layers(finals, like=None):
 
 
 def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dropout = Dropout(),
-                    cell: str = "lstm", outputs: bool = False, sizes=None):
-    """Logits (B, T, V) and every layer's final state by autodiff-able ``lax.scan`` of the cell's step;
-    ``outputs``: also the last layer's outputs (T, B, H) before and after dropout."""
+                    cell: str = "lstm", outputs: bool = False, sizes=None, parallel: bool = False):
+    """Logits (B, T, V) and every layer's final state by autodiff-able ``lax.scan`` of the cell's step
+    (``parallel``: the cell's ``sequence`` where it has one); ``outputs``: also the last layer's outputs
+    (T, B, H) before and after dropout."""
     c = cells.get(cell)
     x = layer_input(params, tokens_BxT.T, key, drop)  # time-major, as the scan runs
     finals = []
@@ -252,7 +256,7 @@ def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop
             x = dropout(key, l, x, drop.hidden, drop.locked)
         p = drop_weights(key, layer(params, l), c.recurrent, drop.weight, l)
         s0 = c.State(*_layer_state(state, l, sizes and sizes[l]))
-        if c.sequence and x.shape[0] > 1:  # all steps at once; one step (generation) as the definition
+        if parallel and c.sequence and x.shape[0] > 1:  # all steps at once; one (generation): the definition
             s, x = c.sequence(p, s0, x)
         else:
             s, x = jax.lax.scan(lambda s, x_t: c.step(p, s, x_t), s0, x)

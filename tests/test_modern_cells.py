@@ -4,6 +4,7 @@ reference (``blocks/slstm/src/vanilla``); the parallel scan against the sequenti
 parallel training against step-by-step evaluation; the engine's sLSTM against its step, heads included.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -195,6 +196,9 @@ def test_training_loss_equals_step_by_step_evaluation(name):
     params = model.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (4, 12), 0, V)
     whole, final = jax.jit(lambda p: model.apply(p, model.initial_state(4), tokens))(params)
+    assert model.runs == {"slstm": "fast"}.get(name, "parallel")
+    scanned = dataclasses.replace(model, impl="reference")  # autodiff of the step under lax.scan
+    np.testing.assert_allclose(scanned.apply(params, model.initial_state(4), tokens)[0], whole, rtol=1e-5, atol=1e-6)
     one = jax.jit(lambda p, s, x: model.apply(p, s, x))
     state, steps = model.initial_state(4), []
     for i in range(tokens.shape[1]):
