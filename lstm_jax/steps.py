@@ -127,28 +127,10 @@ def init_train_state(model: LanguageModel, optimizer, key: jax.Array) -> TrainSt
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
-@jax.custom_jvp
-def cross_entropy(logits_BxTxV: jax.Array, Y_BxT: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy over all targets (optax's, averaged), differentiated by hand: the
-    tangent is ``mean(softmax . dlogits - dlogits[target])``, so reverse mode's gradient is one pass,
-    ``(softmax - onehot) / N``, over a softmax kept from the forward pass (word heads: V = 10,000+)."""
-    lse = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-    return (lse - jnp.take_along_axis(logits_BxTxV, Y_BxT[..., None], axis=-1)[..., 0]).mean()
-
-
-@cross_entropy.defjvp
-def _cross_entropy_jvp(primals, tangents):
-    (logits, Y), (dlogits, _) = primals, tangents
-    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    softmax = jnp.exp(logits - lse)
-    pick = lambda a: jnp.take_along_axis(a, Y[..., None], axis=-1)[..., 0]
-    return (lse[..., 0] - pick(logits)).mean(), (jnp.sum(softmax * dlogits, axis=-1) - pick(dlogits)).mean()
-
-
 def loss_fn(model: LanguageModel, params, state: LSTMState, X_BxT, Y_BxT, key=None):
     """Mean softmax cross-entropy over all batch x steps targets, and the new state."""
     logits_BxTxV, state = model.apply(params, state, X_BxT, key)
-    return cross_entropy(logits_BxTxV, Y_BxT), state
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, Y_BxT).mean(), state
 
 
 def objective(model: LanguageModel, params, state, X_BxT, Y_BxT, key=None):
@@ -159,7 +141,7 @@ def objective(model: LanguageModel, params, state, X_BxT, Y_BxT, key=None):
         loss, state = loss_fn(model, params, state, X_BxT, Y_BxT, key)
         return loss, (state, loss)
     logits_BxTxV, state, (h, dropped) = model.apply(params, state, X_BxT, key, outputs=True)
-    loss = cross_entropy(logits_BxTxV, Y_BxT)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, Y_BxT).mean()
     h, dropped = h.astype(jnp.float32), dropped.astype(jnp.float32)
     penalty = model.activation_reg * jnp.mean(dropped ** 2) + model.temporal_reg * jnp.mean((h[1:] - h[:-1]) ** 2)
     return loss + penalty, (state, loss)
