@@ -48,8 +48,10 @@ def scan(cell):
     return lambda p, s, x: jax.lax.scan(lambda s, x_t: cell.step(p, s, x_t), s, x)[::-1]
 
 
-def parallel(cell):
-    return lambda p, s, x: cell.sequence(p, s, x)[::-1]
+def parallel(cell, associative=True):
+    """The cell's whole-sequence function: the log-space associative scan (accelerators' default) or
+    the loop over time in linear space (the CPU's)."""
+    return lambda p, s, x: cell.sequence(p, s, x, parallel=associative)[::-1]
 
 
 def t(a):
@@ -58,10 +60,11 @@ def t(a):
 
 @pytest.mark.parametrize("name", ["min_gru", "min_lstm"])
 @pytest.mark.parametrize("zero_state", [False, True])
-def test_parallel_scan_equals_the_sequential_definition(name, zero_state):
+@pytest.mark.parametrize("associative", [True, False])
+def test_whole_sequence_equals_the_sequential_definition(name, zero_state, associative):
     with jax.enable_x64(True):
         cell, p, s, x = layer(name, 5, zero_state=zero_state)
-        a, b = jax_run(scan(cell), p, s, x), jax_run(parallel(cell), p, s, x)
+        a, b = jax_run(scan(cell), p, s, x), jax_run(parallel(cell, associative), p, s, x)
     for u, v in zip(jax.tree.leaves(a[:3]), jax.tree.leaves(b[:3])):
         close(u, v)
 
@@ -119,7 +122,8 @@ def test_mingru_pytorchs_parallel_path(name):
     with jax.enable_x64(True):
         cell, p, s, x = layer(name, H)
         p = {k: jnp.zeros_like(v) if k.startswith("b_") else v for k, v in p.items()}
-        ours = {zero: np.asarray(cell.sequence(p, cell.State(s.h * (not zero)), x)[1]) for zero in (True, False)}
+        ours = {zero: np.asarray(cell.sequence(p, cell.State(s.h * (not zero)), x, parallel=True)[1])
+                for zero in (True, False)}
     m = _mingru(name).double()
     with torch.no_grad():
         next(m.parameters()).copy_(torch.tensor(_their_weights(name, p)))

@@ -25,6 +25,21 @@ def log_g(x):
     return jnp.where(x >= 0, jnp.log(jax.nn.relu(x) + 0.5), -jax.nn.softplus(-x))
 
 
+def parallel_default() -> bool:
+    """The associative scan on accelerators; on the CPU a plain loop over time, faster there (its
+    few cores gain nothing from the scan's log T passes: docs/cells.md has the measurement)."""
+    return jax.default_backend() != "cpu"
+
+
+def sequential_recurrence(a_TxBxH, b_TxBxH, h0_BxH):
+    """``h_t = a_t h_{t-1} + b_t`` step by step: one multiply-add per unit and step."""
+    def step(h, ab):
+        h = ab[0] * h + ab[1]
+        return h, h
+
+    return jax.lax.scan(step, h0_BxH, (a_TxBxH, b_TxBxH))[1]
+
+
 def linear_recurrence(log_a_TxBxH, log_b_TxBxH, h0_BxH):
     """``h_t = a_t h_{t-1} + b_t`` for every t at once, from ``log a`` and ``log b`` (a, b > 0):
     Heinsen's log-space sequence as ``jax.lax.associative_scan`` over time. ``h0`` enters
@@ -62,9 +77,12 @@ def min_gru_signals(p: dict, s: HState, x_t) -> dict:
     return dict(z=z, h_tilde=h_tilde, h=(1 - z) * s.h + z * h_tilde)
 
 
-def min_gru_sequence(p: dict, s: HState, x_T):
+def min_gru_sequence(p: dict, s: HState, x_T, parallel: bool | None = None):
     k_z, k_h = _pre(p, x_T, "z"), _pre(p, x_T, "h")
-    h = linear_recurrence(-jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h), s.h)
+    if parallel_default() if parallel is None else parallel:
+        h = linear_recurrence(-jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h), s.h)
+    else:
+        h = sequential_recurrence(jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * g(k_h), s.h)
     return HState(h[-1]), h
 
 
@@ -74,10 +92,15 @@ def min_lstm_signals(p: dict, s: HState, x_t) -> dict:
     return dict(f=f, i=i, h_tilde=h_tilde, h=f / (f + i) * s.h + i / (f + i) * h_tilde)
 
 
-def min_lstm_sequence(p: dict, s: HState, x_T):
-    log_i_over_f = jax.nn.softplus(-_pre(p, x_T, "f")) - jax.nn.softplus(-_pre(p, x_T, "i"))
-    log_f, log_i = -jax.nn.softplus(log_i_over_f), -jax.nn.softplus(-log_i_over_f)  # f' = f / (f + i)
-    h = linear_recurrence(log_f, log_i + log_g(_pre(p, x_T, "h")), s.h)
+def min_lstm_sequence(p: dict, s: HState, x_T, parallel: bool | None = None):
+    k_f, k_i, k_h = _pre(p, x_T, "f"), _pre(p, x_T, "i"), _pre(p, x_T, "h")
+    if parallel_default() if parallel is None else parallel:
+        log_i_over_f = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
+        log_f, log_i = -jax.nn.softplus(log_i_over_f), -jax.nn.softplus(-log_i_over_f)  # f' = f / (f + i)
+        h = linear_recurrence(log_f, log_i + log_g(k_h), s.h)
+    else:
+        f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+        h = sequential_recurrence(f / (f + i), i / (f + i) * g(k_h), s.h)
     return HState(h[-1]), h
 
 
