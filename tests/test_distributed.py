@@ -101,6 +101,17 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_the_modern_cells_do_not_depend_on_the_device_count(tmp_path):
+    # slstm (the engine, 2 heads) and min_lstm (its whole-sequence path) in one model each, 1 and 2 devices.
+    for cell in ("slstm", "min_lstm"):
+        extra = (f"--config.cell={cell}", "--config.num_heads=2" if cell == "slstm" else "--config.num_layers=2")
+        one, two = (_train(tmp_path, f"{cell}{n}", n, *extra)[1] for n in (1, 2))
+        for a, b in zip(one, two):
+            assert b["train_ppl"] == pytest.approx(a["train_ppl"], rel=1e-4) and b["step"] == a["step"]
+            assert b["val_ppl"] == pytest.approx(a["val_ppl"], rel=1e-4)
+
+
+@pytest.mark.slow
 def test_first_line_names_the_devices(runs):
     assert runs[1][0].splitlines()[0].startswith("devices: cpu;")
     assert runs[4][0].splitlines()[0].startswith("devices: 4 x cpu;")
