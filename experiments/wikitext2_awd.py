@@ -10,16 +10,13 @@ says what differs from AWD). WikiText-2's 33,278-word vocabulary makes the head 
 Not reproduced on CPU (750 epochs of 2.1M tokens: GPU days); the smoke run is what a CPU session checks.
 """
 
-import importlib.util
 import os
+
+from lstm_jax.configs import load_file
 
 
 def get_config():
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ptb_awd.py")
-    spec = importlib.util.spec_from_file_location("ptb_awd", here)
-    ptb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ptb)
-    config = ptb.get_config()
+    config = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ptb_awd.py"))
     config.data.corpus = "wikitext2"
     config.batch_size = 80
     config.dropout_input = 0.65

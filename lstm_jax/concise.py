@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from lstm_jax import cells
 from lstm_jax.cells import lstm
 from lstm_jax.cells.lstm import LSTMState
-from lstm_jax.models import Params, _layer_state, _stack_layers, layer, layer_key, num_layers
+from lstm_jax.models import Params, layer, layer_key, layer_state, num_layers, stack_layers
 from lstm_jax.regularize import dropout
 
 
@@ -45,13 +45,13 @@ class ConciseModel(nn.Module):
                 x = _dropout_batch_major(key, l, x, self.dropout)
             flax_cell = getattr(nn, cells.FLAX[self.cell])(self.num_hiddens, dtype=self.dtype,
                                                            param_dtype=jnp.float32, name=_flax_layer(l, self.cell))
-            s = _layer_state(state, l)
+            s = layer_state(state, l)
             # flax's LSTM carry is (c, h); ours is d2l's (h, c).
             carry, x = nn.RNN(flax_cell, return_carry=True)(x, initial_carry=(s.c, s.h) if is_lstm else s.h)
             finals.append(LSTMState(carry[1], carry[0]) if is_lstm else cells.HState(carry))
         x = _dropout_batch_major(key, self.num_layers, x, self.dropout)
         logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
-        return logits, _stack_layers(finals)
+        return logits, stack_layers(finals)
 
 
 def _dropout_batch_major(key, site, x_BxTxD, rate):

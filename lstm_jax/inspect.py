@@ -62,12 +62,6 @@ def named_step(cell: cells.Cell):
     return step
 
 
-def layer_sizes(model) -> tuple:
-    """Each layer's state widths; a narrower layer uses the first units of the state's (widest) rows."""
-    sizes = getattr(model, "layer_sizes", None)
-    return tuple(sizes) if sizes else (cells.get(model.cell).state_sizes(model.options),) * model.num_layers
-
-
 def _layers(params, state, x, cell_name, sizes, perturb=None):
     """Every layer over time (``x``: (T, B) ids or (T, B, D)): the last layer's outputs (T, B, W), each
     layer's signals and final state. ``perturb[l]``: a State of (T, B, W) added to layer l's new states."""
@@ -85,11 +79,11 @@ def _layers(params, state, x, cell_name, sizes, perturb=None):
             return new, (out, sig)
 
         e = None if perturb is None else perturb[l]
-        s0 = cell.State(*(a[:, l, :n] for a, n in zip(state, sizes[l])))
+        s0 = cell.State(*models.layer_state(state, l, sizes[l]))
         s, (x, sig) = jax.lax.scan(body, s0, (x, e))
         named.append(sig)
-        finals.append([jnp.pad(a, ((0, 0), (0, b.shape[-1] - a.shape[-1]))) for a, b in zip(s, state)])
-    return x, named, cell.State(*jax.tree.map(lambda *a: jnp.stack(a, 1), *finals))
+        finals.append(s)
+    return x, named, models.stack_layers(finals, state)
 
 
 @functools.partial(jax.jit, static_argnames=("cell", "sizes", "k"))
@@ -119,7 +113,7 @@ def trace(run, tokens, top_k: int | None = None, chunk: int = CHUNK) -> Trace:
         n = min(chunk, T - start)
         x[:n], y[:n] = ids[start:start + n], targets[start:start + n]
         state, sig, top_ids, top_probs, loss = _trace_chunk(params, state, x, y, run.model.cell,
-                                                            layer_sizes(run.model), k)
+                                                            run.model.layer_sizes, k)
         parts.append(jax.tree.map(lambda a: np.asarray(a)[:n], (sig, top_ids, top_probs, loss)))
     sig, top_ids, top_probs, loss = jax.tree.map(lambda *a: np.concatenate(a), *parts)
     loss[T - 1] = np.nan
@@ -134,7 +128,7 @@ def signal_names(model, params) -> list[str]:
     def probe(params):
         x = models.layer_input(params, jnp.zeros((1, 1), jnp.int32), None, Dropout())[0]
         p = models.layer(params, 0)
-        state = cell.State(*(jnp.zeros((1, n)) for n in layer_sizes(model)[0]))
+        state = cell.State(*(jnp.zeros((1, n)) for n in model.layer_sizes[0]))
         names.extend(named_step(cell)(p, state, x)[2])
         return 0
 
@@ -186,7 +180,7 @@ def gradient_flow(run, tokens, max_distance: int = 100, num_windows: int = 64) -
     stacked = jax.tree.map(lambda *a: jnp.concatenate(a), *states)
     windows = np.stack([ids[s:s + K + 1] for s in starts])
     targets = np.asarray([ids[s + K + 1] for s in starts], np.int32)
-    per_layer = _window_norms(scratch_params(run), stacked, windows, targets, run.model.cell, layer_sizes(run.model))
+    per_layer = _window_norms(scratch_params(run), stacked, windows, targets, run.model.cell, run.model.layer_sizes)
     norms = {(l, f): np.asarray(n).mean(axis=1)[::-1] for l, layer in enumerate(per_layer) for f, n in layer.items()}
     return GradientFlow(np.arange(K + 1), norms, len(starts))
 

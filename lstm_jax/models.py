@@ -230,12 +230,12 @@ def layer_sizes(cell: str, o: Options, num_layers: int, last_hiddens: int = 0) -
     return (sizes(o),) * (num_layers - 1) + (sizes(o._replace(num_hiddens=last_hiddens or o.num_hiddens)),)
 
 
-def _layer_state(state, l: int, sizes=None):
+def layer_state(state, l: int, sizes=None):
     """Layer ``l``'s state (B, width) from the stacked (B, L, widest); ``sizes``: its widths."""
     return jax.tree.map(lambda a, n: a[:, l, :n], state, sizes) if sizes else jax.tree.map(lambda a: a[:, l], state)
 
 
-def _stack_layers(finals, like=None):
+def stack_layers(finals, like=None):
     """The layers' final states as one (B, L, widest) per field, narrower layers zero-padded like ``like``."""
     if like is not None:
         finals = [jax.tree.map(lambda a, w: jnp.pad(a, ((0, 0), (0, w.shape[-1] - a.shape[-1]))), f, like)
@@ -255,7 +255,7 @@ def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop
         if l:
             x = dropout(key, l, x, drop.hidden, drop.locked)
         p = drop_weights(key, layer(params, l), c.recurrent, drop.weight, l)
-        s0 = c.State(*_layer_state(state, l, sizes and sizes[l]))
+        s0 = c.State(*layer_state(state, l, sizes and sizes[l]))
         if parallel and c.sequence and x.shape[0] > 1:  # all steps at once; one (generation): the definition
             s, x = c.sequence(p, s0, x)
         else:
@@ -263,7 +263,7 @@ def reference_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop
         finals.append(s)
     h, x = x, dropout(key, len(finals), x, drop.output, drop.locked)
     W_hq, b_q = head(params)
-    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals, state)) + (((h, x),) if outputs else ())
+    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), stack_layers(finals, state)) + (((h, x),) if outputs else ())
 
 
 def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dropout = Dropout(),
@@ -305,7 +305,7 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dro
             xp = engine.input_projection(*engine.same_vma((x_TxBxD, W_x, b)))
         if eng.prepare:
             xp = tuple(eng.prepare(p, x) for x in xp)
-        s0 = tuple(c.State(*parts) for parts in zip(*(split(a, 0) for a in _layer_state(state, l, sizes and sizes[l]))))
+        s0 = tuple(c.State(*parts) for parts in zip(*(split(a, 0) for a in layer_state(state, l, sizes and sizes[l]))))
         if eng.kernel is None:
             x_TxBxD, final = engine.cell_recurrence(
                 eng.pointwise, eng.additive, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
@@ -320,8 +320,8 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dro
         finals.append(jax.tree.map(lambda *a: jnp.concatenate(a), *final))
     if fused_head:
         logits = jnp.concatenate([jnp.transpose(g, (1, 0, 2)) for g in logits], axis=0)
-        return logits, _stack_layers(finals, state)
+        return logits, stack_layers(finals, state)
     h = jnp.concatenate(x_TxBxD, axis=1)
     x = dropout(key, L, h, drop.output, drop.locked)
     W_hq, b_q = head(params)
-    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), _stack_layers(finals, state)) + (((h, x),) if outputs else ())
+    return (jnp.swapaxes(x @ W_hq + b_q, 0, 1), stack_layers(finals, state)) + (((h, x),) if outputs else ())
