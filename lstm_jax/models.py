@@ -8,8 +8,8 @@ static argument; ``init(key) -> params``, ``initial_state(batch)`` and
 
 - ``scratch``: the cell's pure functions (:mod:`lstm_jax.cells`), through the
   recurrence engine where the cell has one (:mod:`lstm_jax.engine`, ``impl="fast"``),
-  else, or with ``impl="reference"``, autodiff of its ``step`` under ``lax.scan`` (or of its
-  ``sequence``, all steps at once, where it has one: minGRU, minLSTM);
+  else, or with ``impl="reference"``, autodiff of its ``step`` under ``lax.scan``; a cell with a
+  ``sequence`` (all steps at once: minGRU, minLSTM) runs that by default (``parallel``);
 - ``concise``: flax's own cell under ``nn.RNN`` (``lstm``: ``OptimizedLSTMCell``,
   ``gru_reset_after``: ``GRUCell``, ``rnn``: ``SimpleCell``), one per layer, and a dense
   head (:mod:`lstm_jax.concise`); for the LSTM ``impl="fast"`` runs flax's parameters
@@ -194,7 +194,7 @@ def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, num_layers: i
     array, drawn as the head's weights are (so it needs ``embed_dim`` equal to the head's input width).
     """
     c, o = cells.get(cell), Options(num_hiddens, proj_size, forget_bias, num_heads)
-    options = [o] * (num_layers - 1) + [o._replace(num_hiddens=last_hiddens or num_hiddens)]
+    options = layer_options(o, num_layers, last_hiddens)
     width = [c.state_sizes(o)[0] for o in options]  # what the next layer and the head see
     head_key = jax.random.split(key, 14)[12]  # d2l's 14 draws: 12 for the gates, then W_hq
     params = {**c.init(key, embed_dim or vocab_size, options[0]), "W_hq": cells.normal(head_key, (width[-1], vocab_size)),
@@ -225,9 +225,13 @@ def head(params: Params) -> tuple[jax.Array, jax.Array]:
     return params["W_hq"] if "W_hq" in params else params["embed"].T, params["b_q"]
 
 
+def layer_options(o: Options, num_layers: int, last_hiddens: int = 0) -> tuple[Options, ...]:
+    """Each layer's options: ``o``, but the last layer ``last_hiddens`` wide where that is set."""
+    return (o,) * (num_layers - 1) + (o._replace(num_hiddens=last_hiddens or o.num_hiddens),)
+
+
 def layer_sizes(cell: str, o: Options, num_layers: int, last_hiddens: int = 0) -> tuple:
-    sizes = cells.get(cell).state_sizes
-    return (sizes(o),) * (num_layers - 1) + (sizes(o._replace(num_hiddens=last_hiddens or o.num_hiddens)),)
+    return tuple(map(cells.get(cell).state_sizes, layer_options(o, num_layers, last_hiddens)))
 
 
 def layer_state(state, l: int, sizes=None):
