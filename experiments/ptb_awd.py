@@ -15,7 +15,7 @@ Not as AWD: the sequence length is fixed at 70 (AWD draws it around 70 each mini
 rate; docs/word_level.md says what that leaves out); every weight ~ U(-1/sqrt(1150), 1/sqrt(1150))
 (PyTorch's LSTM default for the wide layers; AWD's embedding is U(-0.1, 0.1), its last layer's bound
 1/sqrt(400)); validation and test are scored in 10 streams (AWD: 10 for validation, 1 for test).
-Not reproduced on CPU (500 epochs of 929k tokens through 24M parameters: GPU days); the smoke run is
+Not reproduced on CPU (500 epochs of 929k tokens through 24,210,800 parameters, AWD's 24M: GPU days); the smoke run is
 what a CPU session checks.
 """
 

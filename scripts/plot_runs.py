@@ -6,7 +6,9 @@
 
 Each run is a training workdir; its metrics.jsonl gives perplexity (or loss in nats per
 token) against epoch, step or training seconds, training (solid) and held-out (dashed) where
-there is one; its config.json gives the label.
+there is one; its config.json gives the label. ``--reference FILE.json`` adds another program's
+held-out curve: ``{"label": ..., "points": [{"epoch": 1, "elapsed_s": 125, "val_ppl": 196.6}, ...]}``
+(docs/data/torch_word_lm_ptb_2026-12-07.json, PyTorch's word_language_model).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--title", default="")
     parser.add_argument("--x", choices=("epoch", "step", "elapsed_s"), default="epoch")
     parser.add_argument("--y", choices=("ppl", "loss"), default="ppl", help="perplexity or nats per token")
+    parser.add_argument("--reference", action="append", default=[], help="another program's held-out curve (JSON)")
     args = parser.parse_args()
     x, y = args.x, args.y
     plt = _pyplot()
@@ -39,10 +42,17 @@ def main() -> None:
         label = f"{c['model']} ({impl}), {c.get('num_layers', 1)} x {c['num_hiddens']}"
         if c.get("dropout"):
             label += f", dropout {c['dropout']:g}"
+        if c.get("time_budget_s"):
+            label += f", {c['time_budget_s']:g} s budget"
         line, = ax.plot([r[x] for r in records], [r[f"train_{y}"] for r in records], label=label)
         val = [(r[x], r[f"val_{y}"]) for r in records if r.get(f"val_{y}") is not None]
         if val:
             ax.plot(*zip(*val), "--", color=line.get_color(), label=f"{label}, held-out")
+    for path in args.reference:
+        with open(path, encoding="utf-8") as f:
+            ref = json.load(f)
+        ax.plot([p[x] for p in ref["points"]], [p[f"val_{y}"] for p in ref["points"]], "k:", marker=".",
+                label=f"{ref['label']}, held-out")
     if y == "ppl":
         ax.set_yscale("log")
     if x == "epoch":
