@@ -7,8 +7,8 @@ and the cell's elementwise function; the reverse loop carries only the state's g
 takes the elementwise function's from ``jax.vjp`` (:func:`cell_recurrence`); the recurrent
 weight gradient is one product after it. Batch rows are split into lanes, independent chains
 that XLA:CPU runs on different cores. A cell may bring its own kernel instead, a hand-written
-reverse step where a measurement says it pays (the LSTM's: :mod:`lstm_jax.cells.lstm_kernel`,
-docs/fast_path.md). Gates are concatenated along
+reverse step where a measurement says it pays (the LSTM's, with or without peepholes:
+:mod:`lstm_jax.cells.lstm_kernel`, docs/fast_path.md). Gates are concatenated along
 the last axis: ``W_x (D, G)``, ``W_h (H, G)``, ``b (G,)``. Reverse mode only (``jax.jvp``:
 ``impl="reference"``). Shapes: B batch, T time steps, H hidden units, G gate columns, V vocabulary.
 """

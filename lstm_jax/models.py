@@ -315,11 +315,11 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dro
                 eng.pointwise, eng.additive, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
         elif l == L - 1 and fused_head:
             logits, h, cc = eng.kernel.recurrence_and_head(*engine.same_vma(
-                (xp, W_h, *head(params), tuple(s.h for s in s0), tuple(s.c for s in s0))))
+                (xp, W_h, *head(params), tuple(s.h for s in s0), tuple(s.c for s in s0), eng.pointwise_params(p))))
             final = tuple(map(c.State, h, cc))
         else:
-            x_TxBxD, h, cc = eng.kernel.recurrence(
-                *engine.same_vma((xp, W_h, tuple(s.h for s in s0), tuple(s.c for s in s0))))
+            x_TxBxD, h, cc = eng.kernel.recurrence(*engine.same_vma(
+                (xp, W_h, tuple(s.h for s in s0), tuple(s.c for s in s0), eng.pointwise_params(p))))
             final = tuple(map(c.State, h, cc))
         finals.append(jax.tree.map(lambda *a: jnp.concatenate(a), *final))
     if fused_head:

@@ -337,27 +337,32 @@ def test_generic_kernel_check_grads_float64(name):
         check_grads(jax.jit(loss), (params, state), order=1, modes=("rev",))
 
 
-def test_generic_kernel_equals_the_lstm_kernel():
-    # The LSTM through jax.vjp of its elementwise function = its hand-written backward pass.
+@pytest.mark.parametrize("name", ["lstm", "lstm_peephole"])
+def test_generic_kernel_equals_the_lstm_kernel(name):
+    # The LSTM (with peepholes too) through jax.vjp of its elementwise function = the hand-written
+    # backward pass, in every gradient (the peepholes' included).
     with jax.enable_x64(True):
         k = jax.random.split(jax.random.key(4), 5)
         xp = tuple(jax.random.normal(k[0 + j], (T, 2, 4 * H), jnp.float64) for j in range(2))
         W = 0.5 * jax.random.normal(k[2], (H, 4 * H), jnp.float64)
         h0 = tuple(jax.random.normal(jax.random.fold_in(k[3], j), (2, H), jnp.float64) for j in range(2))
         c0 = tuple(jax.random.normal(jax.random.fold_in(k[4], j), (2, H), jnp.float64) for j in range(2))
-        eng = cells.get("lstm").engine
-        LSTMState = cells.get("lstm").State
+        eng = cells.get(name).engine
+        LSTMState = cells.get(name).State
+        q = {n: 0.5 * jax.random.normal(jax.random.fold_in(k[0], 9 + i), (H,), jnp.float64)
+             for i, n in enumerate(lstm_kernel.PEEPHOLES)} if name == "lstm_peephole" else {}
 
-        def generic(xp, W, h0, c0):
-            hs, final = engine.cell_recurrence(eng.pointwise, True, {}, xp, W, tuple(map(LSTMState, h0, c0)))
+        def generic(q, xp, W, h0, c0):
+            hs, final = engine.cell_recurrence(eng.pointwise, True, q, xp, W, tuple(map(LSTMState, h0, c0)))
             return sum(jnp.sum(jnp.sin(h)) for h in hs) + sum(jnp.sum(s.h * s.c) for s in final)
 
-        def handwritten(xp, W, h0, c0):
-            hs, h, c = lstm_kernel.recurrence(xp, W, h0, c0)
+        def handwritten(q, xp, W, h0, c0):
+            hs, h, c = lstm_kernel.recurrence(xp, W, h0, c0, q)
             return sum(jnp.sum(jnp.sin(a)) for a in hs) + sum(jnp.sum(a * b) for a, b in zip(h, c))
 
-        a = jax.value_and_grad(generic, argnums=(0, 1, 2, 3))(xp, W, h0, c0)
-        b = jax.value_and_grad(handwritten, argnums=(0, 1, 2, 3))(xp, W, h0, c0)
+        a = jax.value_and_grad(generic, argnums=(0, 1, 2, 3, 4))(q, xp, W, h0, c0)
+        b = jax.value_and_grad(handwritten, argnums=(0, 1, 2, 3, 4))(q, xp, W, h0, c0)
+    assert set(a[1][0]) == set(q)  # the peepholes' gradients are compared too
     assert_trees_close(a, b, rtol=1e-11, atol=1e-12)
 
 

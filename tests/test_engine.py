@@ -133,7 +133,8 @@ def test_check_grads_float64():
 
 @pytest.mark.parametrize("num_steps", [T, 6, 7])  # 5 steps per loop iteration; 3; 1
 @pytest.mark.parametrize("transposed_h", [True, False])
-def test_check_grads_recurrence_and_head_float64(num_steps, transposed_h, monkeypatch):
+@pytest.mark.parametrize("peepholes", [False, True])
+def test_check_grads_recurrence_and_head_float64(num_steps, transposed_h, peepholes, monkeypatch):
     monkeypatch.setattr(lstm_kernel, "_stores_transposed_h", lambda lane_rows: transposed_h)
     with jax.enable_x64(True):
         k = jax.random.split(jax.random.key(5), 10)
@@ -141,8 +142,10 @@ def test_check_grads_recurrence_and_head_float64(num_steps, transposed_h, monkey
         xp, h0, c0 = lanes((num_steps, B // 2, 4 * H), 0), lanes((B // 2, H), 2), lanes((B // 2, H), 4)
         W = 0.5 * jax.random.normal(k[6], (H, 4 * H), jnp.float64)
         W_q, b_q = jax.random.normal(k[7], (H, V), jnp.float64), jax.random.normal(k[8], (V,), jnp.float64)
-        check_grads(jax.jit(lstm_kernel.recurrence_and_head), (xp, W, W_q, b_q, h0, c0), order=1, modes=("rev",))
-        check_grads(jax.jit(lstm_kernel.recurrence), (xp, W, h0, c0), order=1, modes=("rev",))
+        q = {n: jax.random.normal(jax.random.fold_in(k[9], i), (H,), jnp.float64)
+             for i, n in enumerate(lstm_kernel.PEEPHOLES)} if peepholes else {}
+        check_grads(jax.jit(lstm_kernel.recurrence_and_head), (xp, W, W_q, b_q, h0, c0, q), order=1, modes=("rev",))
+        check_grads(jax.jit(lstm_kernel.recurrence), (xp, W, h0, c0, q), order=1, modes=("rev",))
 
 
 def test_one_time_step():

@@ -113,7 +113,8 @@ def _peephole_signals(p, s, x_t):
 
 
 PEEPHOLE = Cell("lstm_peephole", LSTMState, _peephole_init, _sizes, step_from(_peephole_signals, LSTMState),
-                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in ("w_ci", "w_cf", "w_co")}), GATES,
+                _engine(pointwise=_peephole_pointwise, q=lambda p: {k: p[k] for k in lstm_kernel.PEEPHOLES},
+                        kernel=lstm_kernel), GATES,
                 signals=_peephole_signals, gate_signals=GATE_SIGNALS)
 
 

@@ -7,6 +7,8 @@ tanh(x/2)``), both loops write their big per-step results in place, several time
 loop iteration, and the output layer can sit inside the custom VJP so that its weight gradient
 joins the recurrent one's product (docs/fast_path.md has the design and the measurements).
 Per lane, as the engine: tuples of arrays, each a slice of the batch rows. Gates I, F, O, C~.
+The peephole LSTM runs here too: its peepholes change only what the forward step forms for the
+reverse one (``R`` and ``F``), so the reverse loop is the LSTM's.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import jax
 import jax.numpy as jnp
 
 
-def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
+def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool, peep=None):
     """The LSTM for each lane: hidden states, final states and (if ``save``) residuals.
 
     With ``save``, each step also forms what its backward step multiplies by (``M``, ``R``,
     ``F``) while its gates are in cache (as passes after the loop they were memory-bound);
     ``M`` overwrites the lane's input projections in the same buffer; and each step's h is
-    stored transposed, the weight gradient's left operand (docs/fast_path.md).
+    stored transposed, the weight gradient's left operand (docs/fast_path.md). With peepholes
+    (``peep = (w_ci, w_cf, w_co)``) each step's c is saved too, for their gradients.
     """
     H = W_Hx4H.shape[0]
     s = jnp.concatenate([jnp.full((3 * H,), 0.5, W_Hx4H.dtype), jnp.ones((H,), W_Hx4H.dtype)])  # sigmoid via tanh
@@ -31,14 +34,32 @@ def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
     def lane_step(h, c, xp_Bx4H):
         """One step, and what its backward step multiplies by: ``M (B, 4H)``, with
         d(pre-activation) = [dc, dc, dh, dc] * M for the gates I, F, O, C~;
-        ``R = dh/dc``; ``F`` (dc_prev = dc * F). Without ``save`` XLA drops them."""
-        a = jnp.tanh((h @ W_Hx4H + xp_Bx4H) * s)  # one tanh for all four gates
-        I, F, O, C_tilde = jnp.split(a * s + (1 - s), 4, axis=-1)
-        c_new = F * c + I * C_tilde
+        ``R = dh/dc``; ``F`` (dc_prev = dc * F). Without ``save`` XLA drops them.
+
+        Peepholes (i, f see c_{t-1}, o sees c_t) keep that form: o's adds ``M_O w_co`` to
+        ``R``, i's and f's add ``M_I w_ci + M_F w_cf`` to ``F``; the reverse step is the LSTM's."""
+        z = h @ W_Hx4H + xp_Bx4H
+        if peep is None:
+            a = jnp.tanh(z * s)  # one tanh for all four gates
+            I, F, O, C_tilde = jnp.split(a * s + (1 - s), 4, axis=-1)
+            c_new = F * c + I * C_tilde
+        else:
+            w_ci, w_cf, w_co = peep
+            zI, zF, zO, zC = jnp.split(z, 4, axis=-1)
+            aI, aF, aC = jnp.tanh(0.5 * (zI + w_ci * c)), jnp.tanh(0.5 * (zF + w_cf * c)), jnp.tanh(zC)
+            I, F, C_tilde = 0.5 * aI + 0.5, 0.5 * aF + 0.5, aC
+            c_new = F * c + I * C_tilde
+            aO = jnp.tanh(0.5 * (zO + w_co * c_new))
+            O = 0.5 * aO + 0.5
+            a = jnp.concatenate([aI, aF, aO, aC], axis=-1)
         tc = jnp.tanh(c_new)
         # d(gate)/d(pre-activation) = s^2 (1 - a^2): sigmoid via tanh, and tanh.
         M = s * s * (1 - a * a) * jnp.concatenate([C_tilde, c, tc, I], axis=-1)
-        return O * tc, c_new, M, O * (1 - tc * tc), F
+        R, dF = O * (1 - tc * tc), F
+        if peep is not None:
+            MI, MF, MO, _ = jnp.split(M, 4, axis=-1)
+            R, dF = R + MO * w_co, F + MI * w_ci + MF * w_cf
+        return O * tc, c_new, M, R, dF
 
     if not save:
         def step(carry, xp_t):
@@ -54,21 +75,22 @@ def _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save: bool):
         new, outs = [], []
         for h, c, buf in lanes:
             xp_UxBx4H = jax.lax.dynamic_index_in_dim(buf, i, keepdims=False)
-            steps = []  # (h, M, R, F) per time step
+            steps = []  # (h, M, R, F, c) per time step
             for k in range(U):
                 h, c, *factors = lane_step(h, c, xp_UxBx4H[k])
-                steps.append((h, *factors))
-            hs, Ms, Rs, Fs = zip(*steps)
+                steps.append((h, *factors, c))
+            hs, Ms, Rs, Fs, cs = zip(*steps)
             new.append((h, c, jax.lax.dynamic_update_index_in_dim(buf, jnp.stack(Ms), i, 0)))
             outs.append((jnp.stack(hs), jnp.stack(Rs), jnp.stack(Fs),
-                         jnp.stack([h.T for h in hs]) if transposed else None))
+                         jnp.stack([h.T for h in hs]) if transposed else None, jnp.stack(cs) if peep is not None else None))
         return tuple(new), tuple(outs)
 
     init = tuple((h, c, _blocks(xp, U)) for h, c, xp in zip(h_BxH, c_BxH, xp_TxBx4H))
     final, outs = jax.lax.scan(block, init, jnp.arange(T // U))
-    h_TxBxH = tuple(_unblock(h) for h, _, _, _ in outs)
-    saved = tuple((_unblock(M), _unblock(R), _unblock(F), _unblock(hT))  # M (T, B, 4H); R, F (T, B, H); h^T
-                  for (_, R, F, hT), (_, _, M) in zip(outs, final))
+    h_TxBxH = tuple(_unblock(o[0]) for o in outs)
+    # M (T, B, 4H); R, F (T, B, H); h^T; c (T, B, H) with peepholes
+    saved = tuple((_unblock(M), _unblock(R), _unblock(F), _unblock(hT), _unblock(C))
+                  for (_, R, F, hT, C), (_, _, M) in zip(outs, final))
     return h_TxBxH, tuple(f[0] for f in final), tuple(f[1] for f in final), saved
 
 
@@ -81,33 +103,46 @@ def _unblock(a):
     return None if a is None else a.reshape(-1, *a.shape[2:])
 
 
-def recurrence(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH):
+PEEPHOLES = ("w_ci", "w_cf", "w_co")  # lstm_peephole's elementwise parameters, each (H,)
+
+
+def recurrence(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, q=None):
     """LSTM over time given the input projections ``xp`` (x_t W_x + b, per step), per lane (tuples
-    of arrays, each a slice of the batch rows): ``(h_TxBxH, h_last, c_last)``, per lane."""
-    return recurrence_and_head(xp_TxBx4H, W_Hx4H, None, None, h_BxH, c_BxH)
+    of arrays, each a slice of the batch rows): ``(h_TxBxH, h_last, c_last)``, per lane. ``q``: the
+    cell's elementwise parameters, ``{}`` (the LSTM) or the peepholes (:data:`PEEPHOLES`)."""
+    return _kernel(q or {}, xp_TxBx4H, W_Hx4H, None, None, h_BxH, c_BxH)
+
+
+def recurrence_and_head(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH, q=None):
+    """:func:`recurrence` and the output layer: ``(logits_TxBxV, h_last, c_last)`` per lane.
+    Inside, so that the output layer's weight gradient can join the recurrent one's matrix product."""
+    return _kernel(q or {}, xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH)
 
 
 @jax.custom_vjp
-def recurrence_and_head(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
-    """:func:`recurrence` and the output layer: ``(logits_TxBxV, h_last, c_last)`` per lane
-    (without one, ``W_HxV = b_V = None``: ``h_TxBxH``). Inside, so that the output layer's
-    weight gradient can join the recurrent one's matrix product."""
-    return _recurrence_and_head_fwd(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH, save=False)[0]
+def _kernel(q, xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH):
+    """Without an output layer (``W_HxV = b_V = None``) the outputs are ``h_TxBxH``."""
+    return _kernel_fwd(q, xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH, save=False)[0]
 
 
-def _recurrence_and_head_fwd(xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH, save=True):
-    h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=save)
+def _peep(q):
+    return tuple(q[k] for k in PEEPHOLES) if q else None
+
+
+def _kernel_fwd(q, xp_TxBx4H, W_Hx4H, W_HxV, b_V, h_BxH, c_BxH, save=True):
+    h_TxBxH, h, c, saved = _forward(xp_TxBx4H, W_Hx4H, h_BxH, c_BxH, save=save, peep=_peep(q))
     out = h_TxBxH if W_HxV is None else tuple(h_l @ W_HxV + b_V for h_l in h_TxBxH)
-    return (out, h, c), (W_Hx4H, W_HxV, h_BxH, h_TxBxH, saved)
+    return (out, h, c), (q, W_Hx4H, W_HxV, h_BxH, c_BxH, h_TxBxH, saved)
 
 
-def _recurrence_and_head_bwd(residuals, cotangents):
-    W_Hx4H, W_HxV, h0, h_TxBxH, saved = residuals
+def _kernel_bwd(residuals, cotangents):
+    q, W_Hx4H, W_HxV, h0, c0, h_TxBxH, saved = residuals
     dl_TxBxV, dh_last, dc_last = cotangents
     dt = W_Hx4H.dtype
     if W_HxV is None:
         dz_TxBx4H, dh0, dc0 = _reverse(W_Hx4H, saved, dl_TxBxV, dh_last, dc_last)
-        return dz_TxBx4H, _weight_gradient(h0, h_TxBxH, saved, dz_TxBx4H, dt), None, None, dh0, dc0
+        return (_peephole_gradient(q, c0, saved, dz_TxBx4H), dz_TxBx4H,
+                _weight_gradient(h0, h_TxBxH, saved, dz_TxBx4H, dt), None, None, dh0, dc0)
     H, V = W_HxV.shape
     dh_TxBxH = tuple(dl @ W_HxV.T for dl in dl_TxBxV)
     db_V = sum(dl.sum((0, 1)) for dl in dl_TxBxV)
@@ -116,7 +151,7 @@ def _recurrence_and_head_bwd(residuals, cotangents):
         dW_Hx4H = _weight_gradient(h0, h_TxBxH, saved, dz_TxBx4H, dt)
         dW_HxV = sum(jnp.dot(h_l.reshape(-1, H).T, dl.reshape(-1, V), preferred_element_type=dt)
                      for h_l, dl in zip(h_TxBxH, dl_TxBxV))
-        return dz_TxBx4H, dW_Hx4H, dW_HxV, db_V, dh0, dc0
+        return _peephole_gradient(q, c0, saved, dz_TxBx4H), dz_TxBx4H, dW_Hx4H, dW_HxV, db_V, dh0, dc0
     # Beside M, each step's dlogits moved one step later, where h_{t-1} meets them,
     # zero-padded to 16 columns: they come out of the reverse loop beside the gate
     # gradients, and ONE product gives both weight gradients.
@@ -127,10 +162,23 @@ def _recurrence_and_head_bwd(residuals, cotangents):
     dW = _weight_gradient(h0, h_TxBxH, saved, dz_TxBxN, dt)
     G = 4 * H
     dW_HxV = dW[:, G:G + V] + sum(h[-1].T @ dl[-1] for h, dl in zip(h_TxBxH, dl_TxBxV))
-    return (tuple(d[..., :G] for d in dz_TxBxN), dW[:, :G], dW_HxV, db_V, dh0, dc0)
+    dz_TxBx4H = tuple(d[..., :G] for d in dz_TxBxN)
+    return (_peephole_gradient(q, c0, saved, dz_TxBx4H), dz_TxBx4H, dW[:, :G], dW_HxV, db_V, dh0, dc0)
 
 
-recurrence_and_head.defvjp(_recurrence_and_head_fwd, _recurrence_and_head_bwd)
+_kernel.defvjp(_kernel_fwd, _kernel_bwd)
+
+
+def _peephole_gradient(q, c0, saved, dz_TxBx4H):
+    """d w_ci = sum of dz_I c_{t-1}, d w_cf of dz_F c_{t-1}, d w_co of dz_O c_t; ``{}`` without peepholes."""
+    if not q:
+        return {}
+    grads = []
+    for c0_l, (*_, c_l), dz_l in zip(c0, saved, dz_TxBx4H):
+        c_prev = jnp.concatenate([c0_l[None], c_l[:-1]])
+        dI, dF, dO, _ = jnp.split(dz_l, 4, axis=-1)
+        grads.append(((dI * c_prev).sum((0, 1)), (dF * c_prev).sum((0, 1)), (dO * c_l).sum((0, 1))))
+    return {k: sum(g[n] for g in grads).astype(q[k].dtype) for n, k in enumerate(PEEPHOLES)}
 
 
 def _reverse(W_Hx4H, saved, dh_TxBxH, dh_last, dc_last, extra=None):
@@ -164,7 +212,7 @@ def _reverse(W_Hx4H, saved, dh_TxBxH, dh_last, dc_last, extra=None):
         return tuple(new), None
 
     init, xs = [], []
-    for l, (dho, dhl, dcl, (M, R, F, _)) in enumerate(zip(dh_TxBxH, dh_last, dc_last, saved)):
+    for l, (dho, dhl, dcl, (M, R, F, *_)) in enumerate(zip(dh_TxBxH, dh_last, dc_last, saved)):
         if extra is not None:
             M = jnp.concatenate([M, extra[l]], axis=-1)
         init.append((dhl, dcl, _blocks(M, U)))  # the gate gradients overwrite M
@@ -185,7 +233,7 @@ def _weight_gradient(h0, h_TxBxH, saved, dz_TxBxN, dt):
     if saved[0][3] is not None:
         hT_prev = jnp.concatenate([
             jnp.concatenate([h0_l.T[:, None, :], jnp.transpose(hT_l[:-1], (1, 0, 2))], axis=1).reshape(H, -1)
-            for h0_l, (*_, hT_l) in zip(h0, saved)], axis=1)
+            for h0_l, (_, _, _, hT_l, _) in zip(h0, saved)], axis=1)
         return jnp.dot(hT_prev, jnp.concatenate([d.reshape(-1, d.shape[-1]) for d in dz_TxBxN]),
                        preferred_element_type=dt)
     return sum(jnp.dot(jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H).T,
