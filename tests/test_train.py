@@ -102,7 +102,9 @@ def test_a_time_budget_fixes_the_updates_and_the_schedule_ends_with_it(tiny_conf
     records = read_metrics(str(tmp_path / "budget" / "metrics.jsonl"))
     N = summary["num_updates"]
     assert 10 < N < 10_000 * 22 and summary["steps"] == N == records[-1]["step"] == summary["checkpoint_step"]
-    assert 0.1 < summary["train_s"] < 5 and not summary["interrupted"] and "val_loss" in records[-1]
+    # (N below the cap says the budget was kept; seconds only bound gross failures: a loaded machine
+    # can run the measured updates several times slower than it measured them)
+    assert 0.1 < summary["train_s"] < 60 and not summary["interrupted"] and "val_loss" in records[-1]
     assert int(summary["train_state"].opt_state[1].count) == N  # the run's schedule stands at N ...
     opt = steps.make_optimizer(c, N)  # ... where its learning rate is the cosine's end, 0
     grads = {"w": np.full(1, 0.1, np.float32)}
