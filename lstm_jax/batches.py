@@ -34,16 +34,45 @@ def check_enough(num_tokens: int, batch_size: int, num_steps: int, random_iter: 
             f"(about {batch_size * num_steps + num_steps + 1}); use a longer text or smaller sizes")
 
 
+# AWD-LSTM's variable sequence length (Merity et al. 2018): N(T, 5) steps, N(T/2, 5) with probability
+# 0.05, at least 5 and at most T + 40; rounded here to a multiple of 5 so that a run compiles a few programs.
+BPTT_HALF_P, BPTT_SD, BPTT_MIN, BPTT_MAX_DELTA, BPTT_ROUND = 0.05, 5.0, 5, 40, 5
+
+
+def variable_lengths(num_steps: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` minibatch lengths drawn as AWD-LSTM draws them, rounded to a multiple of 5 (int64)."""
+    base = np.where(rng.random(n) < BPTT_HALF_P, num_steps / 2, num_steps)
+    drawn = np.round(rng.normal(base, BPTT_SD) / BPTT_ROUND) * BPTT_ROUND
+    return np.clip(drawn, BPTT_MIN, num_steps + BPTT_MAX_DELTA).astype(np.int64)
+
+
+def likely_lengths(num_steps: int) -> list[int]:
+    """The lengths :func:`variable_lengths` draws within 3 standard deviations: the ones worth
+    compiling before training (a rarer one compiles when it comes)."""
+    spread = 3 * BPTT_SD
+    return [L for L in range(BPTT_MIN, num_steps + BPTT_MAX_DELTA + 1, BPTT_ROUND)
+            if any(abs(L - base) <= spread for base in (num_steps, num_steps / 2))]
+
+
 class EpochBatches:
     """One epoch's minibatches, cut on demand: ``block(i, n)`` is minibatches i..i+n-1. Nothing of
-    the epoch is copied up front, so a long corpus costs no more memory than its id array."""
+    the epoch is copied up front, so a long corpus costs no more memory than its id array.
+
+    ``variable`` (sequential partitioning only): each minibatch's length is drawn as AWD-LSTM draws
+    it (:func:`variable_lengths`, ``lengths``), each continuing where the one before ended; as many
+    minibatches as with ``num_steps`` (their mean length is 0.975 of it), the last ones moved back
+    to end inside the text where a draw runs over. ``block`` takes minibatches of one length.
+    """
 
     def __init__(self, corpus: np.ndarray, batch_size: int, num_steps: int, random_iter: bool,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, variable: bool = False):
         B, T = batch_size, num_steps
         self.shape = (B, T)
         self._n = num_batches(len(corpus), B, T, random_iter)
         self._corpus = corpus
+        self.lengths = None
+        if variable and random_iter:
+            raise ValueError("variable lengths need sequential partitioning")
         if random_iter:  # d2l's seq_data_iter_random: shuffled, non-overlapping windows
             start = int(rng.integers(0, T))  # randint(0, num_steps - 1)
             starts = start + np.arange(0, ((len(corpus) - start - 1) // T) * T, T)
@@ -55,12 +84,35 @@ class EpochBatches:
             self._rows = corpus[offset:offset + num_tokens + 1]
             self._width = num_tokens // B
             self._starts = None
+            if variable:  # drawn after the offset: the offset is the fixed length's
+                self.lengths = variable_lengths(T, self._n, rng)
+                starts = np.concatenate([[0], np.cumsum(self.lengths[:-1])])
+                self._step_starts = np.minimum(starts, self._width - self.lengths)
 
     def __len__(self) -> int:
         return self._n
 
+    def length(self, i: int) -> int:
+        """Minibatch i's number of time steps."""
+        return self.shape[1] if self.lengths is None else int(self.lengths[i])
+
+    def same_length(self, i: int, n: int) -> int:
+        """How many of minibatches i..i+n-1, from i on, have minibatch i's length."""
+        n = min(n, self._n - i)
+        if self.lengths is None:
+            return n
+        run = self.lengths[i:i + n] == self.lengths[i]
+        return n if run.all() else int(np.argmin(run))
+
     def block(self, i: int, n: int) -> Batches:
         B, T = self.shape
+        if self.lengths is not None:
+            L = self.length(i)
+            if self.same_length(i, n) != n:
+                raise ValueError(f"minibatches {i}..{i + n - 1} differ in length: take same_length(i, n) of them")
+            s = (np.arange(B)[:, None, None] * self._width + self._step_starts[i:i + n, None] + np.arange(L))
+            s = s.transpose(1, 0, 2)
+            return Batches(self._rows[s].astype(np.int32), self._rows[s + 1].astype(np.int32))
         window = np.arange(T)
         if self._starts is not None:
             s = self._starts[i:i + n, :, None] + window

@@ -84,6 +84,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.batch_size = 32
     c.num_steps = 35
+    # AWD-LSTM's variable length: each minibatch N(num_steps, 5) steps (N(num_steps / 2, 5) with probability
+    # 0.05), rounded to a multiple of 5, the rate times length / num_steps; sequential partitioning only
+    c.variable_bptt = False
     c.optimizer = "sgd"  # 'sgd', 'adam', 'adamw' or 'ntasgd' (AWD-LSTM's: SGD, then the mean of the iterates)
     c.nonmono = 5  # ntasgd: average once validation is worse than the best of all but the last nonmono
     c.learning_rate = 1.0  # the peak rate under a schedule
@@ -165,6 +168,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_cell(config)
     if config.data.normalize == "eos" and config.data.token != "word":
         raise UserError("config.data.normalize='eos' (an <eos> token at each line's end) needs config.data.token='word'")
+    if config.variable_bptt and config.data.random_iter:
+        raise UserError("config.variable_bptt=True moves where each minibatch starts along a carried stream: "
+                        "it needs sequential partitioning (config.data.random_iter=False)")
     if config.data.path and config.data.url:
         raise UserError("set config.data.path or config.data.url, not both")
 

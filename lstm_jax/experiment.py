@@ -67,12 +67,12 @@ class Experiment:
     def measure_num_updates(self, ts, state, budget_s: float) -> int:
         """How many updates fit in ``budget_s`` seconds of training, from the compiled step's speed on
         copies of the train state (thrown away), at most ``num_epochs`` epochs' worth."""
-        n, block = self.block_length, self.epoch_batches(0).block(0, self.block_length)
+        n, block = self.block_length, self.epoch_batches(0, variable=False).block(0, self.block_length)
         seconds = []
         for _ in range(4):  # the first call's time includes one-time work; the median of the others
             copies = jax.tree.map(lambda a: a.copy(), (ts, state))
             start = time.perf_counter()
-            _, _, m = self.train_block(*copies, block.X, block.Y, n)
+            _, _, m = self.train_block(*copies, block.X, block.Y, n, self.lr_scale(self.config.num_steps))
             np.asarray(m["loss"])
             seconds.append(time.perf_counter() - start)
             if len(seconds) >= 2 and sum(seconds) >= budget_s / 2:  # a large model: measuring would outlast it
@@ -80,11 +80,23 @@ class Experiment:
         per_update = float(np.median(seconds[1:])) / n
         return max(1, min(int(budget_s / per_update), self.config.num_epochs * self.batches_per_epoch))
 
-    def epoch_batches(self, epoch: int) -> batches.EpochBatches:
-        """Epoch ``epoch``'s minibatches: a pure function of (seed, epoch)."""
+    def epoch_batches(self, epoch: int, variable: bool | None = None) -> batches.EpochBatches:
+        """Epoch ``epoch``'s minibatches: a pure function of (seed, epoch). ``variable``: the lengths
+        (default: the config's ``variable_bptt``; False: all ``num_steps``, the same cut points)."""
         c = self.config
         return batches.EpochBatches(self.corpus.train, c.batch_size, c.num_steps, c.data.random_iter,
-                                    np.random.default_rng([c.seed, epoch]))
+                                    np.random.default_rng([c.seed, epoch]),
+                                    c.variable_bptt if variable is None else variable)
+
+    def lr_scale(self, length: int):
+        """The rate's factor for minibatches of ``length`` steps: length / num_steps with
+        ``variable_bptt`` (AWD-LSTM's), else None (no factor in the program)."""
+        return np.float32(length / self.config.num_steps) if self.config.variable_bptt else None
+
+    def initial_state(self):
+        """A fresh state, placed as the compiled step takes it (placed otherwise, as a plain
+        device array is, the step would compile again at the next epoch's start)."""
+        return jax.jit(lambda: self.model.initial_state(self.config.batch_size), out_shardings=self.shardings.rows)()
 
     def init_train_state(self) -> TrainState:
         return init_train_state(self.model, self.optimizer, jax.random.key(self.config.seed))
@@ -103,13 +115,15 @@ class Experiment:
         return {"train_state": jax.tree.map(place(sh.replicated), shapes["train_state"]),
                 "lstm_state": jax.tree.map(place(sh.rows), shapes["lstm_state"])}
 
-    def train_block(self, ts: TrainState, state, X_NxBxT, Y_NxBxT, n: int):
+    def train_block(self, ts: TrainState, state, X_NxBxT, Y_NxBxT, n: int, lr_scale=None):
         """``steps.train_block`` on this run's model: the batch rows and state rows split over
         devices, the rest replicated (host numpy is fine); returns (ts, state, metrics)."""
         sh = self.shardings
         dropout_key = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))  # raw data
-        args = distributed.place((ts, state, X_NxBxT, Y_NxBxT, np.int32(n), np.asarray(dropout_key)),
-                                 (sh.replicated, sh.rows, sh.blocks, sh.blocks, sh.replicated, sh.replicated))
+        args = distributed.place((ts, state, X_NxBxT, Y_NxBxT, np.int32(n), np.asarray(dropout_key),
+                                  *(() if lr_scale is None else (lr_scale,))),
+                                 (sh.replicated, sh.rows, sh.blocks, sh.blocks, sh.replicated, sh.replicated,
+                                  *(() if lr_scale is None else (sh.replicated,))))
         return steps.train_block(self.model, self.optimizer, self.config.data.random_iter, *args, shardings=sh)
 
     def evaluate(self, params, split: str, n: int | None = None) -> dict:
@@ -120,15 +134,18 @@ class Experiment:
         return steps.scores(steps.eval_loss_sum(self.model, *args), s.num_tokens, split)
 
     def compile(self, ts: TrainState, state) -> tuple[TrainState, object, float]:
-        """Compile the train step and every evaluation by calling them on no minibatch, so
-        that compile time stays out of the speed; returns (ts, state, seconds)."""
+        """Compile the train step (for each likely length with ``variable_bptt``) and every evaluation
+        by calling them on no minibatch, so that compile time stays out of the speed; returns
+        (ts, state, seconds)."""
         start = time.perf_counter()
         sh = self.shardings
         # As a jitted step leaves them (their types name the mesh), so the loop's calls hit this program.
         ts, state = jax.jit(lambda *a: a, out_shardings=(sh.replicated, sh.rows))(*distributed.place(
             (ts, state), (sh.replicated, sh.rows)))
-        X = np.zeros((self.block_length, self.config.batch_size, self.config.num_steps), np.int32)
-        ts, state, _ = self.train_block(ts, state, X, X, 0)  # donated and given back unchanged
+        c = self.config
+        for L in batches.likely_lengths(c.num_steps) if c.variable_bptt else [c.num_steps]:
+            X = np.zeros((self.block_length, c.batch_size, L), np.int32)
+            ts, state, _ = self.train_block(ts, state, X, X, 0, self.lr_scale(L))  # donated and given back unchanged
         for split in self.heldout:
             self.evaluate(ts.params, split, n=0)
         jax.block_until_ready((ts, state))

@@ -45,6 +45,7 @@ class Optimizer:
     decay: float = 1.0  # times this every decay_every updates, after decay_after of those periods
     decay_every: int = 0
     decay_after: int = 0
+    length_scaled: bool = False  # variable sequence lengths: the rate times length / num_steps (AWD-LSTM)
     learning_rate: float = dataclasses.field(default=1.0, compare=False)
 
     def transform(self) -> optax.GradientTransformation:
@@ -69,13 +70,26 @@ class Optimizer:
 
         return optax.chain(optax.clip_by_global_norm(self.grad_clip),
                            optax.inject_hyperparams(optimizer)(learning_rate=self.learning_rate),
+                           *([length_scaling()] if self.length_scaled else []),
                            *([averaging()] if self.name == "ntasgd" else []))
 
     def init(self, params):
         return self.transform().init(params)
 
-    def update(self, grads, opt_state, params):
-        return self.transform().update(grads, opt_state, params)
+    def update(self, grads, opt_state, params, lr_scale=None):
+        """``lr_scale``: the rate's factor for this update (only with ``length_scaled``)."""
+        extra = {} if lr_scale is None else {"lr_scale": lr_scale}
+        return self.transform().update(grads, opt_state, params, **extra)
+
+
+def length_scaling() -> optax.GradientTransformationExtraArgs:
+    """AWD-LSTM's rate for a minibatch of variable length, ``lr * length / num_steps``: the updates
+    (weight decay's part included) times ``lr_scale``, before NT-ASGD's mean takes the new iterate."""
+    def update(updates, state, params=None, *, lr_scale=1.0, **extra):
+        del params, extra
+        return jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
 class Averaging(NamedTuple):
@@ -119,11 +133,14 @@ def make_optimizer(c, total_steps: int, epoch_steps: int = 1) -> Optimizer:
     cosine, step = c.lr_schedule == "cosine", c.lr_schedule == "step"  # only these have a length
     return Optimizer(c.optimizer, float(c.grad_clip), float(c.weight_decay), int(c.warmup_steps),
                      cosine, int(total_steps) if cosine else 1, float(c.lr_decay) if step else 1.0,
-                     int(epoch_steps) if step else 0, int(c.lr_decay_after) if step else 0, float(c.learning_rate))
+                     int(epoch_steps) if step else 0, int(c.lr_decay_after) if step else 0,
+                     bool(c.variable_bptt), float(c.learning_rate))
 
 
 def init_train_state(model: LanguageModel, optimizer, key: jax.Array) -> TrainState:
-    params = model.init(key)
+    # Strongly typed, as every update leaves them (jnp.full(shape, 0.0) is weakly typed): else the
+    # first update's program differs from the rest's, and compiles twice.
+    params = jax.tree.map(lambda a: jnp.asarray(a, a.dtype), model.init(key))
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
@@ -148,11 +165,11 @@ def objective(model: LanguageModel, params, state, X_BxT, Y_BxT, key=None):
 
 
 def train_step(model: LanguageModel, optimizer, ts: TrainState, state: LSTMState, X_BxT, Y_BxT,
-               key: jax.Array):
+               key: jax.Array, lr_scale=None):
     """Forward, loss, gradient, clipping and update. Dropout's key is ``key`` folded with the step."""
     grad_fn = jax.value_and_grad(functools.partial(objective, model), has_aux=True)
     (_, (state, loss)), grads = grad_fn(ts.params, state, X_BxT, Y_BxT, jax.random.fold_in(key, ts.step))
-    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params, lr_scale)
     params = optax.apply_updates(ts.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(ts.step + 1, params, opt_state), state, metrics
@@ -161,9 +178,10 @@ def train_step(model: LanguageModel, optimizer, ts: TrainState, state: LSTMState
 @functools.partial(jax.jit, static_argnames=("model", "optimizer", "random_iter", "shardings"),
                    donate_argnames=("ts", "state"))
 def train_block(model: LanguageModel, optimizer: Optimizer, random_iter: bool, ts: TrainState, state: LSTMState,
-                X_NxBxT, Y_NxBxT, n, key_data, shardings=None):
+                X_NxBxT, Y_NxBxT, n, key_data, lr_scale=None, shardings=None):
     """The first ``n`` of N minibatches as one loop: one compiled program for any n <= N (``n = 0``
     compiles it and changes nothing); returns per-minibatch metrics, (N,) each, zero past n.
+    ``lr_scale``: the rate's factor for these minibatches (variable lengths, ``length_scaled``).
 
     As d2l's ``train_epoch_ch8``: with sequential partitioning the hidden state flows from one minibatch
     into the next, detached; with random partitioning it restarts from zeros. Dropout's key travels as
@@ -177,7 +195,8 @@ def train_block(model: LanguageModel, optimizer: Optimizer, random_iter: bool, t
         ts, state, metrics = carry
         if random_iter:
             state = model.initial_state(B)
-        ts, state, m = train_step(model, optimizer, ts, jax.lax.stop_gradient(state), X_NxBxT[i], Y_NxBxT[i], key)
+        ts, state, m = train_step(model, optimizer, ts, jax.lax.stop_gradient(state), X_NxBxT[i], Y_NxBxT[i], key,
+                                  lr_scale)
         return ts, state, {k: metrics[k].at[i].set(m[k]) for k in metrics}
 
     metrics = {"loss": jnp.zeros(N, jnp.float32), "grad_norm": jnp.zeros(N, jnp.float32)}

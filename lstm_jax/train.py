@@ -49,13 +49,13 @@ class Position(NamedTuple):
     state: tuple  # the cell's state (cells.lstm.LSTMState for the LSTM)
     epoch: int  # the epoch in progress (0-based)
     done: int  # its minibatches already trained
-    pending: dict  # metrics since the last record: per-minibatch "loss", "grad_norm"; "seconds"
+    pending: dict  # metrics since the last record: per-minibatch "loss", "grad_norm"; "seconds", "tokens"
     elapsed_s: float  # training seconds so far (compile, evaluation and saving excluded)
     num_updates: int | None = None  # the run's length, once known (a time budget's, measured)
 
 
 def _no_pending() -> dict:
-    return {"loss": [], "grad_norm": [], "seconds": 0.0}
+    return {"loss": [], "grad_norm": [], "seconds": 0.0, "tokens": 0}
 
 
 def _resume(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -> Position | None:
@@ -79,7 +79,9 @@ def _resume(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -
     meta = r.meta
     partial = meta.get("partial") or {}
     pending = {**{k: [np.asarray(partial.get(k, []), np.float32)] for k in ("loss", "grad_norm")},
-               "seconds": float(partial.get("seconds", 0.0))}
+               "seconds": float(partial.get("seconds", 0.0)),  # older checkpoints lack "tokens"
+               "tokens": int(partial.get("tokens", len(partial.get("loss", [])) * exp.config.batch_size
+                                         * exp.config.num_steps))}
     if distributed.is_main_process():
         metrics.MetricsWriter(os.path.join(workdir, "metrics.jsonl")).truncate_after(r.step)
     at = (f"epoch {meta['epoch'] + 1}, minibatch {meta['batch'] + 1}" if meta["batch"]
@@ -92,7 +94,7 @@ def _resume(exp: Experiment, workdir: str, ckpts: checkpoint.Checkpoints, log) -
 def _save(ckpts: checkpoint.Checkpoints, exp: Experiment, pos: Position) -> int:
     p = pos.pending
     partial = {**{k: np.concatenate(p[k]).tolist() if p[k] else [] for k in ("loss", "grad_norm")},
-               "seconds": p["seconds"]}
+               "seconds": p["seconds"], "tokens": p["tokens"]}
     step = int(pos.ts.step)
     ckpts.save(step, {"train_state": pos.ts, "lstm_state": pos.state}, {"epoch": pos.epoch, "batch": pos.done,
                "partial": partial, "elapsed_s": pos.elapsed_s, "num_updates": exp.num_updates},
@@ -163,7 +165,7 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
     if fresh:  # placed on the mesh, as the compiled step returns them (a checkpoint saves them so)
         sh = exp.shardings
         pos = Position(distributed.place(exp.init_train_state(), sh.replicated),
-                       distributed.place(exp.model.initial_state(c.batch_size), sh.rows), 0, 0, _no_pending(), 0.0)
+                       exp.initial_state(), 0, 0, _no_pending(), 0.0)
     ts, state, compile_s = exp.compile(pos.ts, pos.state)
     log(f"compiled the train step{' and evaluation' if exp.heldout else ''} in {compile_s:.2f} s")
     if measure:  # a time budget: the schedule ends with it, so its length is fixed (and kept) now
@@ -183,18 +185,16 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
     ts, state, epoch, done, pending, elapsed = pos.ts, pos.state, pos.epoch, pos.done, pos.pending, pos.elapsed_s
     step = int(ts.step)
     last_saved = ckpts.latest_step()
-    bpe, N, tokens_per_batch = exp.batches_per_epoch, exp.block_length, c.batch_size * c.num_steps
+    bpe, N = exp.batches_per_epoch, exp.block_length
     total = exp.num_updates
     bar = metrics.Progress(total, step, "step", enabled=progress, log=log)
-    X = np.zeros((N, c.batch_size, c.num_steps), np.int32)
-    Y = np.zeros_like(X)
+    buffers = {}  # per minibatch length: the (N, B, length) inputs and targets of one call
     stopped = False  # on should_stop()
 
     def record(evaluate: bool) -> dict:
         nonlocal pending, best_val, ts
         losses, norms = np.concatenate(pending["loss"]), np.concatenate(pending["grad_norm"])
-        rec = steps.train_record(epoch, step, elapsed, losses, norms, len(losses) * tokens_per_batch,
-                                 pending["seconds"])
+        rec = steps.train_record(epoch, step, elapsed, losses, norms, pending["tokens"], pending["seconds"])
         pending = _no_pending()
         if evaluate and has_val:
             history = [r["val_loss"] for r in records if "val_loss" in r]
@@ -216,21 +216,26 @@ def _train(exp: Experiment, workdir: str, ckpts, best_ckpts, pos: Position | Non
     while step < total and not stopped:
         batches = exp.epoch_batches(epoch)
         if done == 0:
-            state = exp.model.initial_state(c.batch_size)  # d2l: a fresh state every epoch
+            state = exp.initial_state()  # d2l: a fresh state every epoch
         while done < bpe and step < total:
             n = min(N, bpe - done, total - step)
             if c.eval_every_steps:
                 n = min(n, c.eval_every_steps - step % c.eval_every_steps)
+            n, L = batches.same_length(done, n), batches.length(done)  # one call, one length
             start = time.perf_counter()
             block = batches.block(done, n)
+            if L not in buffers:
+                buffers[L] = tuple(np.zeros((N, c.batch_size, L), np.int32) for _ in "XY")
+            X, Y = buffers[L]
             X[:n], Y[:n] = block.X, block.Y
-            ts, state, m = exp.train_block(ts, state, X, Y, n)
+            ts, state, m = exp.train_block(ts, state, X, Y, n, exp.lr_scale(L))
             losses, norms = np.asarray(m["loss"])[:n], np.asarray(m["grad_norm"])[:n]  # waits for the device
             seconds = time.perf_counter() - start
             elapsed += seconds
             pending["loss"].append(losses)
             pending["grad_norm"].append(norms)
             pending["seconds"] += seconds
+            pending["tokens"] += n * c.batch_size * L
             done, step = done + n, step + n
             bar.update(n, epoch=f"{epoch + 1}", loss=f"{losses.mean():.3f}")
             if not np.isfinite(losses).all():

@@ -140,7 +140,7 @@ class JaxRunner:
         ts = exp.init_train_state()
         jax.block_until_ready(ts)
         start = time.perf_counter()
-        self.ts, self.state, self.compile_s = exp.compile(ts, exp.model.initial_state(exp.config.batch_size))
+        self.ts, self.state, self.compile_s = exp.compile(ts, exp.initial_state())
         self.epoch, self.done, self.batches = 0, 0, exp.epoch_batches(0)
         self.run(1)
         self.first_step_s = time.perf_counter() - start
@@ -161,7 +161,7 @@ class JaxRunner:
             if self.done == self.exp.batches_per_epoch:
                 self.epoch, self.done = self.epoch + 1, 0
                 self.batches = self.exp.epoch_batches(self.epoch)
-                self.state = self.exp.model.initial_state(c.batch_size)
+                self.state = self.exp.initial_state()
         if not np.all(np.isfinite(loss)):
             raise RuntimeError("the loss is not finite")
         return num_batches * c.batch_size * c.num_steps, time.perf_counter() - start

@@ -75,3 +75,46 @@ def test_epoch_shape_fixed_for_every_offset(random_iter):
 def test_too_little_text_for_one_minibatch():
     with pytest.raises(UserError, match="the text has 100 tokens, fewer than one minibatch"):
         batches.check_enough(100, 32, 35, False, "the text")
+
+
+def test_variable_lengths_are_awds_draws_rounded():
+    # AWD-LSTM: N(T, 5), N(T / 2, 5) with probability 0.05, at least 5, at most T + 40; here multiples of 5.
+    L = batches.variable_lengths(70, 200_000, np.random.default_rng(0))
+    assert set(np.unique(L)) <= set(range(5, 111, 5))
+    half = L <= 50  # N(35, 5) draws land here, N(70, 5) ones 4 sd away
+    assert abs(half.mean() - 0.05) < 0.003
+    assert abs(L[~half].mean() - 70) < 0.1 and 4.5 < L[~half].std() < 6.5  # rounding widens the spread a little
+    assert abs(L.mean() - 0.95 * 70 - 0.05 * 35) < 0.2
+    np.testing.assert_array_equal(L, batches.variable_lengths(70, 200_000, np.random.default_rng(0)))
+    assert set(batches.likely_lengths(70)) == set(range(20, 86, 5))
+    assert batches.likely_lengths(10) == [5, 10, 15, 20, 25]
+
+
+def test_variable_minibatches_carry_on_from_each_other():
+    corpus = np.arange(20_000, dtype=np.int32)
+    B, T = 4, 35
+    b = batches.EpochBatches(corpus, B, T, False, np.random.default_rng(3), variable=True)
+    fixed = batches.EpochBatches(corpus, B, T, False, np.random.default_rng(3))
+    assert len(b) == len(fixed) and len(set(b.lengths)) > 3
+    assert b.block(0, 1).X[0, 0, 0] == fixed.block(0, 1).X[0, 0, 0]  # the same offset
+    i, minibatches = 0, []
+    while i < len(b):
+        n = b.same_length(i, 8)
+        block = b.block(i, n)
+        assert block.X.shape == (n, B, b.length(i)) and set(b.lengths[i:i + n]) == {b.length(i)}
+        np.testing.assert_array_equal(block.Y, block.X + 1)
+        minibatches += [(x, y) for x, y in zip(block.X, block.Y)]
+        i += n
+    row_end = np.max([y.max(1) for _, y in minibatches], axis=0)
+    moved = 0
+    for (_, y), (x, _) in zip(minibatches, minibatches[1:]):
+        if (x[:, 0] != y[:, -1]).any():  # where the draws run over the text: moved back to end at its end
+            moved += 1
+            np.testing.assert_array_equal(x[:, -1] + 1, row_end)
+        else:  # row r continues where it stopped: the state carries over
+            np.testing.assert_array_equal(x[:, 0], y[:, -1])
+    assert moved <= 3
+    with pytest.raises(ValueError, match="differ in length"):
+        b.block(0, len(b))
+    with pytest.raises(ValueError, match="sequential"):
+        batches.EpochBatches(corpus, B, T, True, np.random.default_rng(3), variable=True)

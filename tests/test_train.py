@@ -280,3 +280,35 @@ def test_sgd_weight_decay_is_pytorchs_l2_after_clipping(tiny_config, optimizer):
     updates, _ = opt.update(grads, opt.init(params), params)
     np.testing.assert_allclose(updates["w"], -2.0 * (0.5 + 0.01 * 3.0), rtol=1e-6)
 
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "ntasgd"])
+def test_variable_length_scales_the_rate_by_length(tiny_config, optimizer):
+    # AWD-LSTM: lr * seq_len / bptt for the whole update (weight decay's part too), before NT-ASGD's mean.
+    c = tiny_config
+    c.optimizer, c.learning_rate, c.weight_decay, c.variable_bptt = optimizer, 2.0, 0.01, True
+    params = {"w": np.full(4, 3.0, np.float32)}
+    grads = {"w": np.array([0.1, -0.2, 0.3, 0.05], np.float32)}
+    opt = steps.make_optimizer(c, total_steps=10)
+    c.variable_bptt, c.learning_rate = False, 2.0 * 0.75
+    plain = steps.make_optimizer(c, total_steps=10)
+    state = opt.init(params)
+    if optimizer == "ntasgd":
+        state = steps.start_averaging(steps.TrainState(0, params, state)).opt_state
+    updates, new = opt.update(grads, state, params, np.float32(0.75))
+    plain_state = plain.init(params)
+    if optimizer == "ntasgd":
+        plain_state = steps.start_averaging(steps.TrainState(0, params, plain_state)).opt_state
+    want, want_state = plain.update(grads, plain_state, params)
+    np.testing.assert_allclose(updates["w"], want["w"], rtol=1e-6)
+    if optimizer == "ntasgd":  # the mean took the scaled iterate
+        np.testing.assert_allclose(new[-1].avg["w"], want_state[-1].avg["w"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_variable_length_trains_resumes_bit_exactly_samples_and_evaluates(tiny_config, tmp_path):
+    from test_cells import lifecycle
+
+    c = tiny_config
+    c.variable_bptt = True
+    lifecycle(c, tmp_path)
