@@ -12,7 +12,7 @@ layer's recurrent matrices, AR 2 and TAR 1, NT-ASGD at rate 30 (nonmono 5) with 
 70 steps, 500 epochs. AWD's loss is the mean over tokens, as ours, so its rate and clip carry over.
 
 Not as AWD: the sequence length is fixed at 70 (AWD draws it around 70 each minibatch and rescales the
-rate; docs/word_level.md says what that leaves out); every weight ~ U(-1/sqrt(1150), 1/sqrt(1150))
+rate: --config.variable_bptt=True; at ptb_hour's size it did not help, docs/word_level.md); every weight ~ U(-1/sqrt(1150), 1/sqrt(1150))
 (PyTorch's LSTM default for the wide layers; AWD's embedding is U(-0.1, 0.1), its last layer's bound
 1/sqrt(400)); validation and test are scored in 10 streams (AWD: 10 for validation, 1 for test).
 Not reproduced on CPU (500 epochs of 929k tokens through 24,210,800 parameters, AWD's 24M: GPU days); the smoke run is

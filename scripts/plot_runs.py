@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     x, y = args.x, args.y
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for run in args.runs:
         records = read_metrics(os.path.join(run, "metrics.jsonl"))
         if not records:
@@ -42,8 +42,12 @@ def main() -> None:
         label = f"{c['model']} ({impl}), {c.get('num_layers', 1)} x {c['num_hiddens']}"
         if c.get("dropout"):
             label += f", dropout {c['dropout']:g}"
-        if c.get("time_budget_s"):
+        if c.get("num_updates"):  # which overrides a budget
+            label += f", {c['num_updates']:,} updates"
+        elif c.get("time_budget_s"):
             label += f", {c['time_budget_s']:g} s budget"
+        if c.get("variable_bptt"):
+            label += ", variable length"
         line, = ax.plot([r[x] for r in records], [r[f"train_{y}"] for r in records], label=label)
         val = [(r[x], r[f"val_{y}"]) for r in records if r.get(f"val_{y}") is not None]
         if val:
@@ -61,7 +65,7 @@ def main() -> None:
     ax.set_ylabel("perplexity" if y == "ppl" else "loss (nats per token)")
     ax.set_title(args.title)
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out)
