@@ -96,7 +96,7 @@ class Experiment:
     def initial_state(self):
         """A fresh state, placed as the compiled step takes it (placed otherwise, as a plain
         device array is, the step would compile again at the next epoch's start)."""
-        return jax.jit(lambda: self.model.initial_state(self.config.batch_size), out_shardings=self.shardings.rows)()
+        return jax.device_put(self.model.initial_state(self.config.batch_size), self.shardings.rows)
 
     def init_train_state(self) -> TrainState:
         return init_train_state(self.model, self.optimizer, jax.random.key(self.config.seed))

@@ -281,7 +281,6 @@ def test_sgd_weight_decay_is_pytorchs_l2_after_clipping(tiny_config, optimizer):
     np.testing.assert_allclose(updates["w"], -2.0 * (0.5 + 0.01 * 3.0), rtol=1e-6)
 
 
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "ntasgd"])
 def test_variable_length_scales_the_rate_by_length(tiny_config, optimizer):
     # AWD-LSTM: lr * seq_len / bptt for the whole update (weight decay's part too), before NT-ASGD's mean.
@@ -312,3 +311,7 @@ def test_variable_length_trains_resumes_bit_exactly_samples_and_evaluates(tiny_c
     c = tiny_config
     c.variable_bptt = True
     lifecycle(c, tmp_path)
+    c.variable_bptt = False  # the same run at a fixed length trains on other minibatches
+    train.train_and_evaluate(c, str(tmp_path / "fixed"), **quiet)
+    losses = lambda d: [r["train_loss"] for r in read_metrics(str(tmp_path / d / "metrics.jsonl"))]
+    assert len(losses("fixed")) == len(losses("whole")) and losses("fixed") != losses("whole")
