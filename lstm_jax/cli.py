@@ -88,6 +88,8 @@ def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = 
     """Parse the flags, then ``main(config, config_path)`` (or ``main()``); one line per error.
     ``stoppable``: a signal sets ``STOP``; when ``main`` returns true (it stopped on that request)
     the program exits 128 + the signal's number, as shells expect (130 for Ctrl-C)."""
+    import logging as std_logging
+
     from absl import flags, logging
 
     sys.modules["__main__"].__doc__ = doc
@@ -108,6 +110,9 @@ def run(main: Callable, doc: str, takes_config: bool = False, stoppable: bool = 
         # A failed orbax restore leaves tensorstore callbacks whose event loop is closed: unprinted.
         closed = lambda u: isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)
         sys.unraisablehook = lambda u, default=sys.unraisablehook: closed(u) or default(u)
+        # ... and its failed read task, collected later, logs "Task exception was never retrieved"
+        # with a traceback: the error itself was already reported as one line.
+        std_logging.getLogger("asyncio").addFilter(lambda r: not r.getMessage().startswith("Task exception"))
         if stoppable:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, STOP._handle)
