@@ -85,6 +85,61 @@ def _cell_recurrence_bwd(pointwise, additive, residuals, cotangents):
 cell_recurrence.defvjp(_cell_recurrence_fwd, _cell_recurrence_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def factored_recurrence(linearize, transpose, xp_TxBxG, W_HxG, state):
+    """:func:`cell_recurrence` for an additive cell that writes its step's derivative by hand.
+
+    ``linearize(z, s) -> (new_state, factors)``: the step on ``z = xp + h W_h`` and what its
+    reverse step multiplies by, formed in the forward loop while the step's values are in cache
+    (without the reverse pass XLA drops them). ``transpose(factors, ds) -> (dz, ds_rest)``: the
+    step's gradient, linear in the new state's ``ds``; ``ds_rest`` holds the previous state's
+    fields after ``h``, which the step reads only through the product. No elementwise parameters.
+    """
+    h_TxBxH, final, _ = _factored_forward(linearize, xp_TxBxG, W_HxG, state, save=False)
+    return h_TxBxH, final
+
+
+def _factored_forward(linearize, xp_TxBxG, W_HxG, state, save):
+    def step(lanes, xp_t):
+        new, outs = [], []
+        for s, x in zip(lanes, xp_t):
+            n, factors = linearize(x + s[0] @ W_HxG, s)
+            new.append(n)
+            outs.append((n[0], factors) if save else (n[0],))
+        return tuple(new), tuple(outs)
+
+    final, outs = jax.lax.scan(step, tuple(state), xp_TxBxG)
+    return tuple(o[0] for o in outs), final, tuple(o[1] for o in outs) if save else None
+
+
+def _factored_fwd(linearize, transpose, xp_TxBxG, W_HxG, state):
+    h_TxBxH, final, saved = _factored_forward(linearize, xp_TxBxG, W_HxG, state, save=True)
+    return (h_TxBxH, final), (W_HxG, tuple(s[0] for s in state), h_TxBxH, saved)
+
+
+def _factored_bwd(linearize, transpose, residuals, cotangents):
+    W_HxG, h0, h_TxBxH, saved = residuals
+    dh_TxBxH, dfinal = cotangents
+    W_GxH = jnp.transpose(W_HxG)
+
+    def step(lanes, xs):  # last step first
+        new, outs = [], []
+        for ds, dh_out, factors in zip(lanes, *xs):
+            dz, rest = transpose(factors, type(ds)(ds[0] + dh_out, *ds[1:]))
+            new.append(type(ds)(dz @ W_GxH, *rest))
+            outs.append(dz)
+        return tuple(new), tuple(outs)
+
+    final, dz_TxBxG = jax.lax.scan(step, tuple(dfinal), (dh_TxBxH, saved), reverse=True)
+    H, dt = W_HxG.shape[0], W_HxG.dtype
+    dW = sum(jnp.dot(jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H).T, dz.reshape(-1, dz.shape[-1]),
+                     preferred_element_type=dt) for h0_l, h_l, dz in zip(h0, h_TxBxH, dz_TxBxG))
+    return dz_TxBxG, dW, final
+
+
+factored_recurrence.defvjp(_factored_fwd, _factored_bwd)
+
+
 @jax.custom_vjp
 def input_projection(x_TxBxD, W_Dx4H, b_4H):
     """``x W_x + b`` for all time steps at once, per lane: a layer's input projection before its loop.

@@ -310,7 +310,10 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dro
         if eng.prepare:
             xp = tuple(eng.prepare(p, x) for x in xp)
         s0 = tuple(c.State(*parts) for parts in zip(*(split(a, 0) for a in layer_state(state, l, sizes and sizes[l]))))
-        if eng.kernel is None:
+        if eng.linearize is not None:
+            x_TxBxD, final = engine.factored_recurrence(
+                eng.linearize, eng.transpose, *engine.same_vma((xp, W_h, s0)))
+        elif eng.kernel is None:
             x_TxBxD, final = engine.cell_recurrence(
                 eng.pointwise, eng.additive, *engine.same_vma((eng.pointwise_params(p), xp, W_h, s0)))
         elif l == L - 1 and fused_head:

@@ -192,6 +192,37 @@ def test_slstm_engine_equals_its_step_with_heads():
         close(u, v)
 
 
+@pytest.mark.parametrize("zero_state", [False, True])
+def test_slstm_hand_written_reverse_step_equals_autodiff(zero_state):
+    # engine.factored_recurrence with sLSTM's linearize / transpose against jax.vjp of its elementwise
+    # step (engine.cell_recurrence), from random and zero states, with exact ties of max(i~, m + log sig(f~))
+    # (two units of row 0 at step 0) and of min(exp(.), 1) (at every m = i~ or m = m + log sig(f~)).
+    with jax.enable_x64(True):
+        cell, p, s, x = layer("slstm", 5, num_heads=3, zero_state=zero_state)
+        eng = cell.engine
+        W_x, b = eng.input_weights(p)
+        W_h = eng.recurrent_weights(p)
+        xp = x @ W_x + b
+        if not zero_state:
+            hh = s.h @ W_h
+            xp = xp.at[0, 0, H:H + 2].set(60.0 - hh[0, H:H + 2])  # log sig(f~) = -1e-26: m + it is m
+            s = s._replace(m=s.m.at[0, :2].set((xp[0] + hh)[0, :2]))  # m = i~ exactly
+            assert bool(jnp.all(s.m[0, :2] + jax.nn.log_sigmoid(xp[0, 0, H:H + 2] + hh[0, H:H + 2])
+                                == (xp[0] + hh)[0, :2]))
+
+        def run(recurrence):  # differentiable in W_h, the state and the input projections
+            def f(W_h, s, xp):
+                (hs,), (final,) = recurrence((xp,), W_h, (s,))
+                return hs, final
+            return f
+
+        generic = run(lambda xp, W, s: engine.cell_recurrence(eng.pointwise, True, {}, xp, W, s))
+        by_hand = run(lambda xp, W, s: engine.factored_recurrence(eng.linearize, eng.transpose, xp, W, s))
+        a, b_ = jax_run(generic, W_h, s, xp), jax_run(by_hand, W_h, s, xp)
+    for u, v in zip(jax.tree.leaves(a[:3]), jax.tree.leaves(b_[:3])):
+        close(u, v)
+
+
 @pytest.mark.parametrize("name", ["min_gru", "min_lstm", "slstm"])
 def test_training_loss_equals_step_by_step_evaluation(name):
     # The whole sequence at once (parallel for the min cells) and one token per call, state carried.

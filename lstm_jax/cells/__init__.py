@@ -46,6 +46,10 @@ class Engine:
     kernel: Any = None  # the cell's own kernel (recurrence, recurrence_and_head); None: jax.vjp of pointwise
     additive: bool = True  # pointwise depends on xp + hh only (not on each apart)
     prepare: Callable | None = None  # (params, xp_TxBxG) -> xp: input-only work, once before the loop
+    # A hand-written reverse step (engine.factored_recurrence) for an additive cell without q:
+    # linearize (z, state) -> (state, factors); transpose (factors, d_state) -> (dz, d_prev_state[1:]).
+    linearize: Callable | None = None
+    transpose: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,38 @@ def pointwise(i_raw, f_raw, z_raw, o_raw, s: SLSTMState) -> dict:
     return dict(i=i, f=f, z=jnp.tanh(z_raw), o=o, c=c, n=n, m=m, h=o * c / n)
 
 
+def linearize(z, s: SLSTMState):
+    """The engine's step on ``z = xp + h W_h`` (gates side by side), and the factors its reverse
+    step (:func:`transpose`) multiplies by: the derivative as autodiff of :func:`pointwise` takes
+    it, ``min`` and ``max`` giving half the gradient to each side at a tie."""
+    i_raw, f_raw, z_raw, o_raw = jnp.split(z, 4, axis=-1)
+    v = pointwise(i_raw, f_raw, z_raw, o_raw, s)
+    log_f_plus_m = s.m + jax.nn.log_sigmoid(f_raw)
+    e_i, e_f = jnp.exp(i_raw - v["m"]), jnp.exp(log_f_plus_m - v["m"])
+    min_slope = lambda e: jnp.where(e < 1, 1.0, jnp.where(e == 1, 0.5, 0.0))  # of min(e, 1)
+    G_i, G_f = min_slope(e_i) * e_i, min_slope(e_f) * e_f
+    to_i = jnp.where((s.n == 0) | (i_raw > log_f_plus_m), 1.0, jnp.where(i_raw == log_f_plus_m, 0.5, 0.0))
+    o, c_n = v["o"], v["c"] / v["n"]
+    factors = (o / v["n"], o / v["n"] * c_n, c_n * o * (1 - o), v["i"] * (1 - jnp.square(v["z"])),
+               G_i, G_i * v["z"], G_f * s.c, G_f * s.n, to_i, jax.nn.sigmoid(-f_raw), v["f"])
+    return _state(v), jnp.concatenate(factors, axis=-1)  # one (B, 11H) array: one store per step
+
+
+def transpose(factors, ds: SLSTMState):
+    """One reverse step: the gates' gradients (i, f, z, o side by side) and those of the previous
+    ``c, n, m``; the previous ``h`` gets its gradient through the recurrent product only."""
+    A, AC, K_o, K_z, G_i, G_iz, G_fc, G_fn, to_i, sig_neg_f, f = jnp.split(factors, 11, axis=-1)
+    dh, dc, dn, dm = ds
+    dc = dc + A * dh  # h = o c / n
+    dn = dn - AC * dh
+    d_i = G_iz * dc + G_i * dn  # through i = min(exp(i~ - m), 1), into c and n
+    d_f = G_fc * dc + G_fn * dn  # through f = min(exp(m_prev + log sig(f~) - m), 1)
+    dm = dm - d_i - d_f  # m = max(i~, m_prev + log sig(f~)) (i~ at a zero n)
+    d_lf = d_f + (1 - to_i) * dm
+    dz = jnp.concatenate([d_i + to_i * dm, sig_neg_f * d_lf, K_z * dc, K_o * dh], axis=-1)
+    return dz, (f * dc, f * dn, d_lf)
+
+
 def slstm_signals(p: dict, s: SLSTMState, x_t) -> dict:
     B, (K, Dh, _) = s.h.shape[0], p["W_hi"].shape
     heads = s.h.reshape(B, K, Dh)
@@ -75,6 +107,7 @@ def recurrent_matrix(p: dict) -> jax.Array:
 SLSTM = Cell(
     "slstm", SLSTMState, init, lambda o: SLSTMState(*(o.num_hiddens,) * 4), step_from(slstm_signals, SLSTMState),
     Engine(lambda p: (stack(p, "W_x", GATES), stack(p, "b_", GATES)), recurrent_matrix, lambda p: {},
-           lambda q, xp, hh, s: _state(pointwise(*jnp.split(xp + hh, 4, axis=-1), s))),
+           lambda q, xp, hh, s: _state(pointwise(*jnp.split(xp + hh, 4, axis=-1), s)),
+           linearize=linearize, transpose=transpose),
     GATES, signals=slstm_signals, gate_signals=("i", "f", "o"))
 CELLS = (SLSTM,)
