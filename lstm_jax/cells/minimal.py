@@ -10,6 +10,8 @@ carried across minibatches like every other cell's.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -38,6 +40,36 @@ def sequential_recurrence(a_TxBxH, b_TxBxH, h0_BxH):
         return h, h
 
     return jax.lax.scan(step, h0_BxH, (a_TxBxH, b_TxBxH))[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def gated_recurrence(coefficients, coefficients_vjp, k, h0_BxH):
+    """``h_t = a_t h_{t-1} + b_t`` with ``(a, b) = coefficients(*k)`` (elementwise, all steps): the
+    CPU's loop, differentiated by hand. The reverse is the same loop backwards; then
+    ``coefficients_vjp(*k, da, db)`` gives the gates' gradients in one elementwise pass, where
+    autodiff made many passes over (T, B, H) arrays (docs/cells.md has the measurement)."""
+    return sequential_recurrence(*coefficients(*k), h0_BxH)
+
+
+def _gated_fwd(coefficients, coefficients_vjp, k, h0_BxH):
+    a, b = coefficients(*k)
+    h = sequential_recurrence(a, b, h0_BxH)
+    return h, (k, a, h, h0_BxH)
+
+
+def _gated_bwd(coefficients, coefficients_vjp, residuals, dh_TxBxH):
+    k, a, h, h0 = residuals
+
+    def step(carry, a_dh):  # the loop backwards: g_t = dh_t + a_{t+1} g_{t+1}; carries a_t g_t
+        g = a_dh[1] + carry
+        return a_dh[0] * g, g
+
+    dh0, g = jax.lax.scan(step, jnp.zeros_like(h0), (a, dh_TxBxH), reverse=True)
+    h_prev = jnp.concatenate([h0[None], h[:-1]])
+    return coefficients_vjp(*k, g * h_prev, g), dh0
+
+
+gated_recurrence.defvjp(_gated_fwd, _gated_bwd)
 
 
 def linear_recurrence(log_a_TxBxH, log_b_TxBxH, h0_BxH):
@@ -77,12 +109,40 @@ def min_gru_signals(p: dict, s: HState, x_t) -> dict:
     return dict(z=z, h_tilde=h_tilde, h=(1 - z) * s.h + z * h_tilde)
 
 
+def _g_slope(x):
+    """``g``'s derivative: 1 above 0, else the sigmoid's."""
+    return jnp.where(x >= 0, 1.0, jax.nn.sigmoid(x) * (1 - jax.nn.sigmoid(x)))
+
+
+def _min_gru_coefficients(k_z, k_h):
+    z = jax.nn.sigmoid(k_z)
+    return 1 - z, z * g(k_h)
+
+
+def _min_gru_vjp(k_z, k_h, da, db):
+    z = jax.nn.sigmoid(k_z)
+    return z * (1 - z) * (g(k_h) * db - da), db * z * _g_slope(k_h)
+
+
+def _min_lstm_coefficients(k_f, k_i, k_h):
+    f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+    return f / (f + i), i / (f + i) * g(k_h)
+
+
+def _min_lstm_vjp(k_f, k_i, k_h, da, db):
+    """a = f / (f + i), b = i / (f + i) g(k_h): both normalized gates move with f i / (f + i)^2."""
+    f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+    r = f + i
+    q = (da - g(k_h) * db) * f * i / (r * r)
+    return q * (1 - f), -q * (1 - i), db * (i / r) * _g_slope(k_h)
+
+
 def min_gru_sequence(p: dict, s: HState, x_T, parallel: bool | None = None):
     k_z, k_h = _pre(p, x_T, "z"), _pre(p, x_T, "h")
     if parallel_default() if parallel is None else parallel:
         h = linear_recurrence(-jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h), s.h)
     else:
-        h = sequential_recurrence(jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * g(k_h), s.h)
+        h = gated_recurrence(_min_gru_coefficients, _min_gru_vjp, (k_z, k_h), s.h)
     return HState(h[-1]), h
 
 
@@ -99,8 +159,7 @@ def min_lstm_sequence(p: dict, s: HState, x_T, parallel: bool | None = None):
         log_f, log_i = -jax.nn.softplus(log_i_over_f), -jax.nn.softplus(-log_i_over_f)  # f' = f / (f + i)
         h = linear_recurrence(log_f, log_i + log_g(k_h), s.h)
     else:
-        f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
-        h = sequential_recurrence(f / (f + i), i / (f + i) * g(k_h), s.h)
+        h = gated_recurrence(_min_lstm_coefficients, _min_lstm_vjp, (k_f, k_i, k_h), s.h)
     return HState(h[-1]), h
 
 
