@@ -300,15 +300,18 @@ def fast_apply(params: Params, state, tokens_BxT: jax.Array, key=None, drop: Dro
         (W_x, b), W_h = eng.input_weights(p), eng.recurrent_weights(p)
         b = jnp.zeros(W_x.shape[-1], W_x.dtype) if b is None else b
         if l == 0 and "embed" not in params:  # a row lookup instead of the one-hot product (same math)
-            xp = tuple(jnp.take(W_x, t, axis=0) + b for t in split(tokens_TxB, 1))
+            if eng.prepare:  # row by row: on the vocabulary's rows, not on every step's
+                xp = tuple(jnp.take(eng.prepare(p, W_x + b), t, axis=0) for t in split(tokens_TxB, 1))
+            else:
+                xp = tuple(jnp.take(W_x, t, axis=0) + b for t in split(tokens_TxB, 1))
         else:
             if l and key is not None and drop.hidden:  # the mask of the whole (T, B, H) input, cut into lanes
                 mask = split(dropout_mask(key, l, (tokens_TxB.shape[0], B, x_TxBxD[0].shape[-1]), drop.hidden,
                                           x_TxBxD[0].dtype, drop.locked), 1)
                 x_TxBxD = tuple(x * m for x, m in zip(x_TxBxD, mask))
             xp = engine.input_projection(*engine.same_vma((x_TxBxD, W_x, b)))
-        if eng.prepare:
-            xp = tuple(eng.prepare(p, x) for x in xp)
+            if eng.prepare:
+                xp = tuple(eng.prepare(p, x) for x in xp)
         s0 = tuple(c.State(*parts) for parts in zip(*(split(a, 0) for a in layer_state(state, l, sizes and sizes[l]))))
         if eng.linearize is not None:
             x_TxBxD, final = engine.factored_recurrence(

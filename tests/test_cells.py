@@ -317,6 +317,20 @@ def test_engine_equals_definition_float64(name, lanes, dropout):
     assert_trees_close(grads_f, grads_r, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ENGINE_CELLS)
+def test_engine_equals_definition_one_hot_float64(name):
+    # d2l's one-hot input: the first layer looks rows up (and a cell's input-only work, the
+    # layer-normalized LSTM's norm, runs on the vocabulary's rows before the lookup).
+    with jax.enable_x64(True):
+        model, params, state, tokens, targets = lm_inputs(name, 5, embed_dim=0)
+        loss_f, grads_f = lm_loss_and_grads(dataclasses_replace(model, impl="fast"), params, state, tokens, targets,
+                                            lanes=2)
+        loss_r, grads_r = lm_loss_and_grads(dataclasses_replace(model, impl="reference"), params, state, tokens,
+                                            targets)
+    np.testing.assert_allclose(loss_f, loss_r, rtol=1e-12)
+    assert_trees_close(grads_f, grads_r, rtol=1e-9, atol=1e-12)
+
+
 def dataclasses_replace(model, **kw):
     import dataclasses
 

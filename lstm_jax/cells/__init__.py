@@ -45,7 +45,9 @@ class Engine:
     pointwise: Callable  # (q, xp_BxG, hh_BxG, state) -> state
     kernel: Any = None  # the cell's own kernel (recurrence, recurrence_and_head); None: jax.vjp of pointwise
     additive: bool = True  # pointwise depends on xp + hh only (not on each apart)
-    prepare: Callable | None = None  # (params, xp_TxBxG) -> xp: input-only work, once before the loop
+    # (params, xp_...xG) -> xp: input-only work before the loop, row by row (a one-hot layer applies it
+    # to the vocabulary's rows of W_x before the lookup)
+    prepare: Callable | None = None
     # A hand-written reverse step (engine.factored_recurrence) for an additive cell without q:
     # linearize (z, state) -> (state, factors); transpose (factors, d_state) -> (dz, d_prev_state[1:]).
     linearize: Callable | None = None
