@@ -75,9 +75,7 @@ def _cell_recurrence_bwd(pointwise, additive, residuals, cotangents):
 
     init = tuple((jax.tree.map(jnp.zeros_like, rows(q, ds[0].shape[0])), ds) for ds in dfinal)
     final, outs = jax.lax.scan(step, init, (dh_TxBxH, saved), reverse=True)
-    H, dt = W_HxG.shape[0], W_HxG.dtype
-    dW = sum(jnp.dot(s_prev[0].reshape(-1, H).T, d[-1].reshape(-1, d[-1].shape[-1]), preferred_element_type=dt)
-             for (*_, s_prev), d in zip(saved, outs))
+    dW = weight_gradient([s_prev[0] for *_, s_prev in saved], [d[-1] for d in outs], W_HxG.dtype)
     dq = jax.tree.map(lambda *a: sum(x.sum(0) for x in a), *(dq for dq, _ in final))
     return dq, tuple(d[0] for d in outs), dW, tuple(ds for _, ds in final)
 
@@ -131,13 +129,18 @@ def _factored_bwd(linearize, transpose, residuals, cotangents):
         return tuple(new), tuple(outs)
 
     final, dz_TxBxG = jax.lax.scan(step, tuple(dfinal), (dh_TxBxH, saved), reverse=True)
-    H, dt = W_HxG.shape[0], W_HxG.dtype
-    dW = sum(jnp.dot(jnp.concatenate([h0_l[None], h_l[:-1]]).reshape(-1, H).T, dz.reshape(-1, dz.shape[-1]),
-                     preferred_element_type=dt) for h0_l, h_l, dz in zip(h0, h_TxBxH, dz_TxBxG))
+    h_prev = [jnp.concatenate([h0_l[None], h_l[:-1]]) for h0_l, h_l in zip(h0, h_TxBxH)]
+    dW = weight_gradient(h_prev, dz_TxBxG, W_HxG.dtype)
     return dz_TxBxG, dW, final
 
 
 factored_recurrence.defvjp(_factored_fwd, _factored_bwd)
+
+
+def weight_gradient(x_TxBxD, d_TxBxG, dtype):
+    """A product's weight gradient, sum over lanes and steps of ``x_t^T d_t``: (D, G), one product per lane."""
+    return sum(jnp.dot(x.reshape(-1, x.shape[-1]).T, d.reshape(-1, d.shape[-1]), preferred_element_type=dtype)
+               for x, d in zip(x_TxBxD, d_TxBxG))
 
 
 @jax.custom_vjp
@@ -157,9 +160,7 @@ def _input_projection_fwd(x_TxBxD, W_Dx4H, b_4H):
 
 def _input_projection_bwd(residuals, dxp_TxBx4H):
     x_TxBxD, W_Dx4H = residuals
-    D, G = W_Dx4H.shape
-    dW = sum(jnp.dot(x.reshape(-1, D).T, d.reshape(-1, G), preferred_element_type=W_Dx4H.dtype)
-             for x, d in zip(x_TxBxD, dxp_TxBx4H))
+    dW = weight_gradient(x_TxBxD, dxp_TxBx4H, W_Dx4H.dtype)
     W_4HxD = jnp.transpose(W_Dx4H)
     return (tuple(d @ W_4HxD for d in dxp_TxBx4H), dW, sum(d.sum((0, 1)) for d in dxp_TxBx4H))
 

@@ -171,7 +171,7 @@ def _layer_norm_bwd(residuals, dy):
     x_hat, r, gain = residuals
     dx_hat = dy * gain
     dz = r * (dx_hat - dx_hat.mean(-1, keepdims=True) - x_hat * (dx_hat * x_hat).mean(-1, keepdims=True))
-    rows = tuple(range(dy.ndim - gain.ndim))  # gain and bias may come broadcast to the rows (the engine's q)
+    rows = tuple(range(dy.ndim - 1))
     return dz, (dy * x_hat).sum(rows), dy.sum(rows)
 
 
