@@ -2,6 +2,7 @@
 
   python scripts/cell_study.py --budget 90 --seeds 0,1,2 --out runs/cell_study
   python scripts/cell_study.py --out runs/cell_study --report docs/img/cell_study.png --json docs/data/cell_study.json
+  python scripts/cell_study.py --set learning_rate=4e-3 --out runs/cell_study_lr4e-3   # another rate for every cell
 
 Each run is ``python -m lstm_jax.train --config experiments/shakespeare.py`` (2 layers, batch 32 x 64,
 Adam with cosine, flax-style initialization) with one cell. Seed 0 of each row runs under
@@ -72,8 +73,8 @@ def train(workdir: str, overrides: dict, log) -> dict:
         return json.load(f)
 
 
-def run(out: str, budget: float, seeds: list[int], only=None, log=sys.stdout) -> list[dict]:
-    table = [r for r in rows() if only is None or r[2].get("cell", "lstm") in only]
+def run(out: str, budget: float, seeds: list[int], only=None, common=None, log=sys.stdout) -> list[dict]:
+    table = [(t, name, {**(common or {}), **o}) for t, name, o in rows() if only is None or o.get("cell", "lstm") in only]
     # Every row's calibrating run first, while the machine is quiet; then the repeats.
     firsts = [train(run_dir(out, name, seeds[0]), {**o, "seed": seeds[0], "time_budget_s": budget}, log)
               for _, name, o in table]
@@ -140,21 +141,28 @@ def main():
     p.add_argument("--json", help="write the results here")
     p.add_argument("--cells", help="comma-separated: only the rows of these cells")
     p.add_argument("--merge", help="a JSON this script wrote: its rows join these (same budget), in the table and plot")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run, e.g. --set learning_rate=4e-3 (repeatable)")
     a = p.parse_args()
-    results = run(a.out, a.budget, [int(s) for s in a.seeds.split(",")], a.cells and a.cells.split(","))
+    if any("=" not in kv for kv in a.set):
+        p.error(f"--set takes KEY=VALUE, got {next(kv for kv in a.set if '=' not in kv)!r}")
+    common = dict(kv.split("=", 1) for kv in a.set)
+    results = run(a.out, a.budget, [int(s) for s in a.seeds.split(",")], a.cells and a.cells.split(","), common)
     if a.merge:
         with open(a.merge) as f:
             earlier = json.load(f)
-        if earlier["budget_s"] != a.budget:
-            p.error(f"--merge {a.merge} ran {earlier['budget_s']} s per run, not {a.budget}")
+        if earlier["budget_s"] != a.budget or earlier.get("set", {}) != common:
+            p.error(f"--merge {a.merge} ran {earlier['budget_s']} s per run with {earlier.get('set', {})}, "
+                    f"not {a.budget} s with {common}")
         new = {(r["table"], r["row"]) for r in results}
         results = [r for r in earlier["results"] if (r["table"], r["row"]) not in new] + results
     print(markdown(results))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"budget_s": a.budget, "config": CONFIG, "results": results}, f, indent=1)
+            json.dump({"budget_s": a.budget, "config": CONFIG, "set": common, "results": results}, f, indent=1)
     if a.report:
-        plot(results, a.report, f"tiny Shakespeare, {a.budget:.0f} s per run ({CONFIG}), one dot per seed")
+        extra = "".join(f", {k}={v}" for k, v in common.items())
+        plot(results, a.report, f"tiny Shakespeare, {a.budget:.0f} s per run ({CONFIG}{extra}), one dot per seed")
 
 
 if __name__ == "__main__":

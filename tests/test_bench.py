@@ -82,3 +82,12 @@ def test_cell_study_rows_tables_and_plot(tmp_path, monkeypatch):
     assert text.count("| lstm_cifg |") == 1 and "1.5000, 1.6000, 1.5500" in text and "± 0.0500" in text
     study.plot(results, str(tmp_path / "study.png"), "made up")
     assert (tmp_path / "study.png").stat().st_size > 10_000
+    # --set: one override reaches every run of every row, and a row's own settings win over it
+    seen = []
+    fake = lambda workdir, overrides, log: seen.append(overrides) or {"num_updates": 7, "num_params": 1,
+                                                                       "tokens_per_sec_median": 1.0, "best_val_loss": 1.5}
+    monkeypatch.setattr(study, "train", fake)
+    out = study.run(str(tmp_path), 9.0, [0, 1], only=["lstm", "rnn"], common={"learning_rate": "4e-3", "num_hiddens": 64})
+    assert seen and all(o["learning_rate"] == "4e-3" for o in seen)
+    assert {o["num_hiddens"] for o in seen} == {64} | {o["num_hiddens"] for _, n, o in rows if n.startswith("rnn (")}
+    assert [o["num_updates"] for o in seen if o["seed"] == 1] == [7] * len(out)
