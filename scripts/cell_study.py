@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -73,8 +74,9 @@ def train(workdir: str, overrides: dict, log) -> dict:
         return json.load(f)
 
 
-def run(out: str, budget: float, seeds: list[int], only=None, common=None, log=sys.stdout) -> list[dict]:
-    table = [(t, name, {**(common or {}), **o}) for t, name, o in rows() if only is None or o.get("cell", "lstm") in only]
+def run(out: str, budget: float, seeds: list[int], only=None, common=None, pattern=None, log=sys.stdout) -> list[dict]:
+    table = [(t, name, {**(common or {}), **o}) for t, name, o in rows()
+             if (only is None or o.get("cell", "lstm") in only) and (pattern is None or re.search(pattern, name))]
     # Every row's calibrating run first, while the machine is quiet; then the repeats.
     firsts = [train(run_dir(out, name, seeds[0]), {**o, "seed": seeds[0], "time_budget_s": budget}, log)
               for _, name, o in table]
@@ -141,13 +143,14 @@ def main():
     p.add_argument("--json", help="write the results here")
     p.add_argument("--cells", help="comma-separated: only the rows of these cells")
     p.add_argument("--merge", help="a JSON this script wrote: its rows join these (same budget), in the table and plot")
+    p.add_argument("--rows", metavar="REGEX", help="only the rows whose name matches, e.g. 'lstm \\(' or '^[^(]*$'")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every run, e.g. --set learning_rate=4e-3 (repeatable)")
     a = p.parse_args()
     if any("=" not in kv for kv in a.set):
         p.error(f"--set takes KEY=VALUE, got {next(kv for kv in a.set if '=' not in kv)!r}")
     common = dict(kv.split("=", 1) for kv in a.set)
-    results = run(a.out, a.budget, [int(s) for s in a.seeds.split(",")], a.cells and a.cells.split(","), common)
+    results = run(a.out, a.budget, [int(s) for s in a.seeds.split(",")], a.cells and a.cells.split(","), common, a.rows)
     if a.merge:
         with open(a.merge) as f:
             earlier = json.load(f)

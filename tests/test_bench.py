@@ -91,3 +91,6 @@ def test_cell_study_rows_tables_and_plot(tmp_path, monkeypatch):
     assert seen and all(o["learning_rate"] == "4e-3" for o in seen)
     assert {o["num_hiddens"] for o in seen} == {64} | {o["num_hiddens"] for _, n, o in rows if n.startswith("rnn (")}
     assert [o["num_updates"] for o in seen if o["seed"] == 1] == [7] * len(out)
+    seen.clear()  # --rows: a regular expression on the row names picks rows across both tables
+    out = study.run(str(tmp_path), 9.0, [0], pattern=r"^rnn|^gru$")
+    assert [r["row"] for r in out] == ["gru", "rnn", next(n for _, n, _ in rows if n.startswith("rnn ("))]
