@@ -92,6 +92,14 @@ def run(out: str, budget: float, seeds: list[int], only=None, common=None, patte
     return results
 
 
+def merge(earlier: list[dict], results: list[dict]) -> list[dict]:
+    """Earlier rows joined by new ones (a new row replaces its namesake), in the study's row order."""
+    new = {(r["table"], r["row"]) for r in results}
+    order = {(t, name): i for i, (t, name, _) in enumerate(rows())}
+    merged = [r for r in earlier if (r["table"], r["row"]) not in new] + results
+    return sorted(merged, key=lambda r: order.get((r["table"], r["row"]), len(order)))
+
+
 def markdown(results: list[dict]) -> str:
     lines = []
     for table in dict.fromkeys(r["table"] for r in results):
@@ -157,8 +165,7 @@ def main():
         if earlier["budget_s"] != a.budget or earlier.get("set", {}) != common:
             p.error(f"--merge {a.merge} ran {earlier['budget_s']} s per run with {earlier.get('set', {})}, "
                     f"not {a.budget} s with {common}")
-        new = {(r["table"], r["row"]) for r in results}
-        results = [r for r in earlier["results"] if (r["table"], r["row"]) not in new] + results
+        results = merge(earlier["results"], results)
     print(markdown(results))
     if a.json:
         with open(a.json, "w") as f:

@@ -94,3 +94,7 @@ def test_cell_study_rows_tables_and_plot(tmp_path, monkeypatch):
     seen.clear()  # --rows: a regular expression on the row names picks rows across both tables
     out = study.run(str(tmp_path), 9.0, [0], pattern=r"^rnn|^gru$")
     assert [r["row"] for r in out] == ["gru", "rnn", next(n for _, n, _ in rows if n.startswith("rnn ("))]
+    # --merge: a new row replaces its namesake and the study's row order holds
+    merged = study.merge([{"table": out[2]["table"], "row": out[2]["row"], "mean": 9.0},
+                          {"table": rows[0][0], "row": "lstm", "mean": 1.0}], out)
+    assert [r["row"] for r in merged] == ["lstm", "gru", "rnn", out[2]["row"]] and merged[-1] is out[2]
