@@ -34,7 +34,7 @@ def get_config():
     config.optimizer = "adam"
     config.learning_rate = 1.2e-2
     config.lr_schedule = "cosine"
-    config.warmup_steps = 50
+    config.warmup_steps = 300  # 50 left some seeds on the early plateau for hundreds of updates (docs/cells.md)
     config.num_epochs = 5  # at most: the time budget decides how many updates fit
     config.time_budget_s = 180.0
     config.eval_every_steps = 200
