@@ -10,10 +10,10 @@ in full (nats/char). The scratch model with flax's initialization (any cell:
 --config.cell=gru; docs/cells.md), through the recurrence engine; settings found with a sweep
 (docs/results.md). The time budget fixes the number of updates from the measured speed (at most
 num_epochs epochs) and the cosine ends there, on any machine.
-Expect (2026-12-07, a 2-core AMD EPYC, AVX-512, ~31k tokens/s): validation 1.4634 nats/char
-(2.11 bits) after 2,450 updates (5 epochs) in 163 s; with --config.time_budget_s=100: 1.5165
-(1,554 updates). Short budgets depend on the seed (how soon a run leaves its early plateau): at
-90 s this LSTM reached 1.54-1.72 over three seeds, flax's own 1.49-1.77 (docs/cells.md).
+Expect (2026-12-07, a 2-core AMD EPYC, AVX-512): validation 1.4615 nats/char (2.11 bits) after
+2,450 updates (5 epochs, about 165 s); with --config.time_budget_s=100: 1,423 updates, 1.473-1.481
+over seeds 0-2. The 300-update warm-up matters at short budgets: with 50, some seeds stayed on the
+early plateau (1.54-1.72 over the same seeds at 90 s; docs/cells.md).
 """
 
 from lstm_jax.configs import get_base_config
