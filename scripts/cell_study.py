@@ -2,7 +2,7 @@
 
   python scripts/cell_study.py --budget 90 --seeds 0,1,2 --out runs/cell_study
   python scripts/cell_study.py --out runs/cell_study --report docs/img/cell_study.png --json docs/data/cell_study.json
-  python scripts/cell_study.py --set learning_rate=4e-3 --out runs/cell_study_lr4e-3   # another rate for every cell
+  python scripts/cell_study.py --set learning_rate=5e-3 --out runs/cell_study_lr5e-3   # another rate for every cell
 
 Each run is ``python -m lstm_jax.train --config experiments/shakespeare.py`` (2 layers, batch 32 x 64,
 Adam with cosine, flax-style initialization) with one cell. Seed 0 of each row runs under
