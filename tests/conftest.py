@@ -1,9 +1,10 @@
 """Shared fixtures and helpers. Tests run on CPU; nothing here needs the network.
 
 Every test that trains uses ``experiments/tiny.py`` (the ``tiny_config``
-fixture, or ``TINY_CLI`` on a command line). Tests that start processes or
-train several runs are marked ``slow``: ``python -m pytest -q -m "not slow"``
-is the quick loop.
+fixture, or ``TINY_CLI`` on a command line). ``python -m pytest -q -m "not slow"``
+is the quick loop: it leaves out the tests marked ``slow`` (they start processes
+or train several runs) and runs every parametrized test once, with its first
+parameters (``pytest_collection_modifyitems`` below); the full suite runs every case.
 """
 
 import importlib.util
@@ -17,6 +18,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The suite compiles hundreds of small programs that then run for milliseconds: LLVM's
+# optimizations cost more than they save here (they took 2.5x the compile time). Every
+# program still runs what XLA compiled; only the machine code is less tuned.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 # The corpora are downloaded, never committed: use the read-only copy beside the checkout when
 # there is one (CI exports it too), so the tests need no network.
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -28,6 +34,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 TINY_CLI = ["--config", "experiments/tiny.py"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items):
+    """A parametrized test's cases after its first are ``slow``: the quick loop runs each test once."""
+    seen = set()
+    for item in items:
+        name = (item.path, getattr(item, "originalname", item.name))
+        if name in seen and hasattr(item, "callspec"):
+            item.add_marker(pytest.mark.slow)
+        seen.add(name)
 quiet = dict(log=lambda m: None, progress=False)
 
 

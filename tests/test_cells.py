@@ -52,10 +52,10 @@ def jax_layer(cell, params, state, x):
         final, hs = jax.lax.scan(lambda s, x_t: cell.step(p, s, x_t), s, x)
         return hs, final
 
-    hs, final = f(params, state, x)
+    hs, final = jax.jit(f)(params, state, x)
     weights = jax.tree.map(lambda a: jnp.asarray(R.normal(size=a.shape)), (hs, final))
     loss = lambda p, s, x: sum(jnp.sum(a * w) for a, w in zip(jax.tree.leaves(f(p, s, x)), jax.tree.leaves(weights)))
-    value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(params, state, x)
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, state, x)
     return value, hs, final, grads, weights
 
 
@@ -374,8 +374,8 @@ def test_generic_kernel_equals_the_lstm_kernel(name):
             hs, h, c = lstm_kernel.recurrence(xp, W, h0, c0, q)
             return sum(jnp.sum(jnp.sin(a)) for a in hs) + sum(jnp.sum(a * b) for a, b in zip(h, c))
 
-        a = jax.value_and_grad(generic, argnums=(0, 1, 2, 3, 4))(q, xp, W, h0, c0)
-        b = jax.value_and_grad(handwritten, argnums=(0, 1, 2, 3, 4))(q, xp, W, h0, c0)
+        a = jax.jit(jax.value_and_grad(generic, argnums=(0, 1, 2, 3, 4)))(q, xp, W, h0, c0)
+        b = jax.jit(jax.value_and_grad(handwritten, argnums=(0, 1, 2, 3, 4)))(q, xp, W, h0, c0)
     assert set(a[1][0]) == set(q)  # the peepholes' gradients are compared too
     assert_trees_close(a, b, rtol=1e-11, atol=1e-12)
 
@@ -470,6 +470,7 @@ def lifecycle(config, tmp_path):
     assert scored["eval_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
 
 
+@pytest.mark.slow  # several runs
 def test_a_gru_trains_resumes_samples_and_evaluates(tiny_config, tmp_path):
     tiny_config.cell = "gru"
     lifecycle(tiny_config, tmp_path)

@@ -28,8 +28,8 @@ RUN_TIMEOUT_S = 150
 
 def _env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COORDINATOR_ADDRESS"}  # read by JAX itself
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",  # (and conftest's flags: XLA_FLAGS is one variable)
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip())
     return env
 
 

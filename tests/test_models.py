@@ -121,10 +121,10 @@ def test_tied_weights_are_one_array_serving_input_and_head(cell, impl):
     assert "W_hq" not in p and p["embed"].shape == (V, E) and float(jnp.abs(p["embed"]).max()) <= H ** -0.5
     untied, q = models.LanguageModel("scratch", V, H, **kw), dict(p, W_hq=p["embed"].T)
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, V)
-    grad = lambda m, params: jax.grad(lambda x: loss_fn(m, x, m.initial_state(B), tokens, tokens,
-                                                        jax.random.key(2))[0])(params)
-    np.testing.assert_allclose(tied.apply(p, tied.initial_state(B), tokens)[0],
-                               untied.apply(q, untied.initial_state(B), tokens)[0], rtol=1e-6)
+    grad = lambda m, params: jax.jit(jax.grad(lambda x: loss_fn(m, x, m.initial_state(B), tokens, tokens,
+                                                                jax.random.key(2))[0]))(params)
+    np.testing.assert_allclose(jax.jit(tied.apply)(p, tied.initial_state(B), tokens)[0],
+                               jax.jit(untied.apply)(q, untied.initial_state(B), tokens)[0], rtol=1e-6)
     gt, gu = grad(tied, p), grad(untied, q)
     np.testing.assert_allclose(gt["embed"], gu["embed"] + gu["W_hq"].T, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(gt["b_q"], gu["b_q"], rtol=1e-5, atol=1e-7)
@@ -292,19 +292,19 @@ def test_a_narrower_last_layer_is_each_layer_run_in_turn(cell):
         x, finals = jnp.take(p["embed"], tokens.T, axis=0), []
         for l, width in enumerate((H, H, E)):
             s0 = c.State(*(a[:, l, :width] for a in state))
-            s, x = jax.lax.scan(lambda s, x_t: c.step(models.layer(p, l), s, x_t), s0, x)
+            s, x = jax.jit(lambda s0, x: jax.lax.scan(lambda s, x_t: c.step(models.layer(p, l), s, x_t), s0, x))(s0, x)
             finals.append(s)
         expected = jnp.swapaxes(x @ p["embed"].T + p["b_q"], 0, 1)
         impls = ["reference", "fast"] if c.engine else ["reference"]
         for impl in impls:
             m = models.LanguageModel("scratch", V, H, impl=impl, **kw)
-            logits, final = m.apply(p, state, tokens)
+            logits, final = jax.jit(m.apply)(p, state, tokens)
             np.testing.assert_allclose(logits, expected, rtol=1e-10)
             for l, width in enumerate((H, H, E)):
                 for a, b in zip(final, finals[l]):
                     np.testing.assert_allclose(a[:, l, :width], b, rtol=1e-10, atol=1e-12)
             assert not np.any(np.asarray(final[0][:, 2, E:]))
-        grads = [jax.grad(lambda p: loss_fn(models.LanguageModel("scratch", V, H, impl=i, dropout=0.3, **kw), p,
-                                            state, tokens, tokens, jax.random.key(3))[0])(p) for i in impls]
+        grads = [jax.jit(jax.grad(lambda p: loss_fn(models.LanguageModel("scratch", V, H, impl=i, dropout=0.3, **kw),
+                                                    p, state, tokens, tokens, jax.random.key(3))[0]))(p) for i in impls]
         for g in grads[1:]:
             assert_trees_close(g, grads[0], rtol=1e-9, atol=1e-12)

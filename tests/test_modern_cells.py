@@ -38,11 +38,11 @@ def layer(name, D, seed=0, num_heads=1, zero_state=False):
 
 def jax_run(run, params, state, x):
     """Outputs (T, B, H), final state, and the gradients of a fixed random functional of both."""
-    hs, final = run(params, state, x)
+    hs, final = jax.jit(run)(params, state, x)
     R = np.random.default_rng(1)
     weights = jax.tree.map(lambda a: jnp.asarray(R.normal(size=a.shape)), (hs, final))
     value = lambda p, s, x: sum(jnp.sum(a * w) for a, w in zip(jax.tree.leaves(run(p, s, x)), jax.tree.leaves(weights)))
-    return hs, final, jax.value_and_grad(value, argnums=(0, 1, 2))(params, state, x), weights
+    return hs, final, jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2)))(params, state, x), weights
 
 
 def scan(cell):

@@ -1,6 +1,7 @@
 """AWD-LSTM's dropouts: what each mask holds constant, and that the model uses them as specified."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -107,16 +108,16 @@ def test_activation_regularizers_are_awds_formulas(cell):
         state = jax.tree.map(lambda a: a.astype(jnp.float64), model.initial_state(B))
         X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
         Y, key = (X + 1) % V, jax.random.key(2)
-        logits, _, (h, dropped) = model.apply(params, state, X, key, outputs=True)
+        logits, _, (h, dropped) = jax.jit(functools.partial(model.apply, outputs=True))(params, state, X, key)
         assert h.shape == dropped.shape == (T, B, 4 if cell == "lstm_proj" else H)
         assert np.any(dropped == 0) and not np.any(h == 0)
         xent = optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
         want = xent + 2.0 * jnp.mean(dropped ** 2) + 1.0 * jnp.mean((h[1:] - h[:-1]) ** 2)
-        got, (_, reported) = steps.objective(model, params, state, X, Y, key)
+        got, (_, reported) = jax.jit(functools.partial(steps.objective, model))(params, state, X, Y, key)
         np.testing.assert_allclose(got, want, rtol=1e-12)
         np.testing.assert_allclose(reported, xent, rtol=1e-12)
-        grads = {impl: jax.grad(lambda p, m=dataclasses.replace(model, impl=impl): steps.objective(
-            m, p, state, X, Y, key)[0])(params) for impl in ("fast", "reference") if impl == "reference"
+        grads = {impl: jax.jit(jax.grad(lambda p, m=dataclasses.replace(model, impl=impl): steps.objective(
+            m, p, state, X, Y, key)[0]))(params) for impl in ("fast", "reference") if impl == "reference"
             or cell != "lstm_proj"}
         if "fast" in grads:
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), grads["fast"],

@@ -63,6 +63,7 @@ def test_a_solo_trial_is_the_training_run(tiny_config, tmp_path):
     assert (tmp_path / "sweep" / "trials" / trial.name / "checkpoints").is_dir()  # a full training workdir
 
 
+@pytest.mark.slow  # several runs
 def test_trials_honour_every_field_and_share_one_program(tiny_config, tmp_path):
     # Each trial is the one training loop: a time budget and mid-epoch evaluation hold per trial.
     # Trials that differ only in learning rate or seed run one compiled program (no cache of ours).

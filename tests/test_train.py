@@ -92,6 +92,7 @@ def test_eval_every_steps_and_the_best_checkpoint(tiny_config, tmp_path):
     assert all(r["elapsed_s"] > 0 for r in records)
 
 
+@pytest.mark.slow  # several runs
 def test_a_time_budget_fixes_the_updates_and_the_schedule_ends_with_it(tiny_config, tmp_path):
     # The budget becomes a number of updates (from the measured speed), the cosine ends there,
     # and --config.num_updates=N repeats the run bit for bit without the budget.
