@@ -26,7 +26,7 @@ Implementations (``--impls``; the torch ones only when torch is importable, ``pi
 
 ``flops_per_token``: matrix products only, forward and backward (3x the
 forward's: the input and weight gradients), the one-hot input counted as the
-row lookup it is (0 FLOPs); ``matmul_peak_gflops``: the faster of a 2048 x 2048
+row lookup it is (0 FLOPs); ``matmul_peak_gflops``: the faster of a 2048 x 2048 (``--matmul-size``)
 float32 product through XLA and through PyTorch (``matmul_gflops`` has both),
 measured in the same run, so ``fraction_of_peak`` compares with the machine.
 ``steal_percent_median``: of the CPU time in an implementation's rounds, the
@@ -383,7 +383,7 @@ def plot_hidden_sizes(results: list[dict], info: dict, peak: float, path: str) -
     ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.text(0.01, 0.01, f"{info['cpu']}, {info['cpus']} cores; 2048^2 float32 product {peak:.0f} GFLOP/s",
+    fig.text(0.01, 0.01, f"{info['cpu']}, {info['cpus']} cores; float32 product peak {peak:.0f} GFLOP/s",
              fontsize=7, color="gray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -406,6 +406,7 @@ def run_child(args, huge: bool, json_path: str | None, plot: str | None = None, 
         json_path = json_path or os.path.join(tmp, "bench.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--configs", args.configs, "--rounds", str(args.rounds),
                "--warmup", str(args.warmup), "--round-seconds", str(args.round_seconds), "--json", json_path,
+               "--matmul-size", str(args.matmul_size),
                *(["--impls", args.impls] if args.impls else []), *(["--hiddens", args.hiddens] if args.hiddens else []),
                *(["--cells", args.cells] if args.cells else []),
                *(["--plot", plot] if plot else [])]
@@ -456,6 +457,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--round-seconds", type=float, default=1.0, help="about how long a round is")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="n of the n x n float32 product that measures the machine's peak (the tests use a small one)")
     parser.add_argument("--hiddens", default=None, help="comma-separated hidden sizes: each config at each of them")
     parser.add_argument("--plot", default=None, help="with --hiddens: a PNG of tokens/s against hidden size")
     parser.add_argument("--huge-pages", choices=("off", "on", "ab"), default="off",
@@ -504,11 +507,11 @@ def main(argv=None):
     if args.huge_pages == "ab":
         return huge_pages_ab(args, log)
     info = machine_info()
-    products = matmul_gflops()
+    products = matmul_gflops(args.matmul_size)
     peak = max(products.values())
     log(f"{info['cpu']} ({info.get('cpu_flags', '')}), {info['cpus']} CPUs; jax {info['jax']}, flax {info['flax']}"
         + (f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else "")
-        + "; 2048^2 float32 product: " + ", ".join(f"{k} {v:.0f}" for k, v in products.items())
+        + f"; {args.matmul_size}^2 float32 product: " + ", ".join(f"{k} {v:.0f}" for k, v in products.items())
         + f" GFLOP/s; malloc huge pages: {info['malloc_huge_pages']} "
         + f"({info.get('glibc', '?')}, transparent huge pages {info.get('transparent_hugepage', '?')})")
     results = []

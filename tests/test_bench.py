@@ -11,7 +11,7 @@ from conftest import run_cli
 def test_bench_smoke(tmp_path):
     out_json = tmp_path / "bench.json"
     out = run_cli("scripts/bench.py", "--configs", "tiny", "--impls", "scratch,concise,concise_fast,torch",
-                  "--rounds", "1", "--warmup", "0", "--round-seconds", "0.01", "--json", str(out_json))
+                  "--rounds", "1", "--warmup", "0", "--round-seconds", "0.01", "--matmul-size", "256", "--json", str(out_json))
     assert out.returncode == 0, out.stderr
     report = json.loads(out_json.read_text())
     results = report["results"]
@@ -31,7 +31,7 @@ def test_bench_smoke(tmp_path):
 def test_bench_hidden_sizes_plot(tmp_path):
     out_json, png = tmp_path / "bench.json", tmp_path / "hidden.png"
     out = run_cli("scripts/bench.py", "--configs", "tiny", "--impls", "scratch,torch", "--hiddens", "8,16",
-                  "--rounds", "1", "--warmup", "0", "--round-seconds", "0.01", "--json", str(out_json),
+                  "--rounds", "1", "--warmup", "0", "--round-seconds", "0.01", "--matmul-size", "256", "--json", str(out_json),
                   "--plot", str(png))
     assert out.returncode == 0, out.stderr
     results = json.loads(out_json.read_text())["results"]
@@ -50,7 +50,7 @@ def test_bench_rejects_bad_hiddens():
 def test_bench_huge_pages_ab_smoke(tmp_path):
     # Child processes with and without malloc's huge pages, taking turns; the ratio per implementation.
     out = run_cli("scripts/bench.py", "--configs", "tiny", "--impls", "scratch,torch", "--rounds", "1", "--warmup", "0",
-                  "--round-seconds", "0.01", "--huge-pages", "ab", "--ab-runs", "1", "--json", str(tmp_path / "ab.json"))
+                  "--round-seconds", "0.01", "--matmul-size", "256", "--huge-pages", "ab", "--ab-runs", "1", "--json", str(tmp_path / "ab.json"))
     assert out.returncode == 0, out.stderr
     results = json.loads((tmp_path / "ab.json").read_text())["results"]
     assert sorted(r["impl"] for r in results) == ["scratch", "torch"]
