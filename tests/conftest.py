@@ -45,6 +45,8 @@ def pytest_collection_modifyitems(items):
         if name in seen and hasattr(item, "callspec"):
             item.add_marker(pytest.mark.slow)
         seen.add(name)
+
+
 quiet = dict(log=lambda m: None, progress=False)
 
 
