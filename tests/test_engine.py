@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
-from conftest import assert_trees_close
+from conftest import assert_trees_close, run_cli
 from lstm_jax.cells import lstm_kernel
 from lstm_jax import concise, engine, models
 from lstm_jax.cells.lstm import LSTMState
@@ -277,3 +277,14 @@ def test_config_selects_the_implementation():
     c.lstm_impl = "slow"
     with pytest.raises(UserError, match="lstm_impl"):
         configs.validate(c)
+
+
+@pytest.mark.slow
+def test_the_fast_path_at_xlas_default_optimization_level(tmp_path):
+    """The suite compiles with XLA's backend optimizations off (conftest); users run its default
+    level, 3. The float64 fast = reference checks once more at that level, in their own process."""
+    cases = ["tests/test_engine.py::test_stacked_same_loss_and_gradients_float64[2-3-0.3-2]",
+             "tests/test_engine.py::test_same_loss_and_gradients_float64[False-0.7-2-True]"]
+    out = run_cli("-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", *cases,
+                  env={"XLA_FLAGS": "--xla_backend_optimization_level=3", "JAX_COMPILATION_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
