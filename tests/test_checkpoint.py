@@ -125,6 +125,10 @@ def truncate_arrays(step_dir):
 
 
 @pytest.mark.slow
+# orbax's failed read leaves a callback for an event loop it has closed, or a coroutine it never awaited;
+# the CLI drops the first (lstm_jax/cli.py), in process both reach pytest as warnings
+@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path):
     tiny_config.num_epochs, tiny_config.checkpoint_every = 3, 1
     whole = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"), **quiet)
