@@ -59,9 +59,10 @@ def _lstm_pointwise(q, xp, hh, s):
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
 
-def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, kernel=None, **kw):
-    return Engine(lambda p: (stack(p, "W_x", gates), stack(p, "b_", gates) if bias else None),
-                  lambda p: stack(p, "W_h", gates), q, pointwise, kernel, **kw)
+def _engine(gates=GATES, pointwise=_lstm_pointwise, q=lambda p: {}, bias=True, kernel=None, W=lambda W: W, **kw):
+    """``W``: what the engine multiplies by, from a stacked weight (both ``W_x`` and ``W_h``)."""
+    return Engine(lambda p: (W(stack(p, "W_x", gates)), stack(p, "b_", gates) if bias else None),
+                  lambda p: W(stack(p, "W_h", gates)), q, pointwise, kernel, **kw)
 
 
 # d2l 10.1 (Hochreiter & Schmidhuber 1997, with Gers et al.'s forget gate)
@@ -153,29 +154,41 @@ def layer_norm(z, gain, bias):
     return (z - mean) * jax.lax.rsqrt(var + LN_EPS) * gain + bias
 
 
+def centered(W_DxG):
+    """``W`` less each row's mean over its columns: ``x centered(W) = x W - mean(x W)`` row by
+    row, so a product comes out with the mean its layer norm would subtract already gone."""
+    return W_DxG - W_DxG.mean(-1, keepdims=True)
+
+
+def layer_norm_centered(z, gain, bias):
+    """:func:`layer_norm` of a ``z`` whose rows have mean 0 (a product with :func:`centered`
+    weights): one row reduction forward and one in its gradient, where the plain norm has two
+    each; the mean's part of the gradient is the centering's, once per call outside the loop."""
+    return z * jax.lax.rsqrt(jnp.square(z).mean(-1, keepdims=True) + LN_EPS) * gain + bias
+
+
 @jax.custom_vjp
-def layer_norm_by_hand(z, gain, bias):
-    """:func:`layer_norm` with its gradient written out (two row means): for the input's
-    normalization of all steps at once, where autodiff's form took several passes more."""
-    return layer_norm(z, gain, bias)
+def layer_norm_centered_by_hand(z, gain, bias):
+    """:func:`layer_norm_centered` with its gradient written out: for the input's normalization
+    of all steps at once, where autodiff's form took several passes more."""
+    return layer_norm_centered(z, gain, bias)
 
 
 def _layer_norm_fwd(z, gain, bias):
-    mean = z.mean(-1, keepdims=True)
-    r = jax.lax.rsqrt(jnp.square(z - mean).mean(-1, keepdims=True) + LN_EPS)
-    x_hat = (z - mean) * r
+    r = jax.lax.rsqrt(jnp.square(z).mean(-1, keepdims=True) + LN_EPS)
+    x_hat = z * r
     return x_hat * gain + bias, (x_hat, r, gain)
 
 
 def _layer_norm_bwd(residuals, dy):
     x_hat, r, gain = residuals
     dx_hat = dy * gain
-    dz = r * (dx_hat - dx_hat.mean(-1, keepdims=True) - x_hat * (dx_hat * x_hat).mean(-1, keepdims=True))
+    dz = r * (dx_hat - x_hat * (dx_hat * x_hat).mean(-1, keepdims=True))
     rows = tuple(range(dy.ndim - 1))
     return dz, (dy * x_hat).sum(rows), dy.sum(rows)
 
 
-layer_norm_by_hand.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+layer_norm_centered_by_hand.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def _layernorm_init(key, D, o):
@@ -198,16 +211,17 @@ def _layernorm_signals(p, s, x_t):
 
 
 def _layernorm_pointwise(q, xp, hh, s):
-    """The step after its input's normalization (the engine does that for all steps at once)."""
-    I, F, O, C = jnp.split(xp + layer_norm(hh, q["ln_h_gain"], q["ln_h_bias"]), 4, axis=-1)
+    """The step after its input's normalization (the engine does that for all steps at once); the
+    engine's products are with :func:`centered` weights."""
+    I, F, O, C = jnp.split(xp + layer_norm_centered(hh, q["ln_h_gain"], q["ln_h_bias"]), 4, axis=-1)
     c = layer_norm(jax.nn.sigmoid(F) * s.c + jax.nn.sigmoid(I) * jnp.tanh(C), q["ln_c_gain"], q["ln_c_bias"])
     return LSTMState(jax.nn.sigmoid(O) * jnp.tanh(c), c)
 
 
 LAYERNORM = Cell("lstm_layernorm", LSTMState, _layernorm_init, _sizes, step_from(_layernorm_signals, LSTMState),
-                 _engine(pointwise=_layernorm_pointwise, bias=False, additive=False,
+                 _engine(pointwise=_layernorm_pointwise, bias=False, additive=False, W=centered,
                          q=lambda p: {k: p[k] for k in ("ln_h_gain", "ln_h_bias", "ln_c_gain", "ln_c_bias")},
-                         prepare=lambda p, xp: layer_norm_by_hand(xp, p["ln_x_gain"], p["ln_x_bias"])), GATES,
+                         prepare=lambda p, xp: layer_norm_centered_by_hand(xp, p["ln_x_gain"], p["ln_x_bias"])), GATES,
                  signals=_layernorm_signals, gate_signals=GATE_SIGNALS)
 
 
